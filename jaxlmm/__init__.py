@@ -1,0 +1,50 @@
+"""jaxlmm: linear mixed models (ML / REML) in JAX.
+
+Importing jaxlmm turns on JAX's 64-bit mode (``jax_enable_x64``), because results must agree
+with SAS and R to 1e-6; set ``JAXLMM_NO_X64=1`` before the import to leave JAX's setting alone
+(fits then need explicit float32 handling and are not validated).
+
+Public API (the table of contents):
+
+- :func:`fit`, :class:`Model`: fit one model; :class:`LMMResult` holds the results.
+- :func:`deviance`: the pure, differentiable -2 (restricted) log-likelihood.
+- :func:`example_trial`, :func:`simulate_longitudinal`: built-in, deterministic example data.
+- Errors: :class:`LMMError` (a ``ValueError``), :class:`FormulaError`, :class:`DataError`;
+  :class:`ConvergenceWarning`.
+"""
+
+import os as _os
+
+import jax as _jax
+
+if not _os.environ.get("JAXLMM_NO_X64"):
+    _jax.config.update("jax_enable_x64", True)
+
+
+from .datasets import example_trial, simulate_longitudinal  # noqa: E402
+from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
+from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
+from .likelihood import ModelData, ModelSpec, deviance  # noqa: E402
+from .model import Model, fit  # noqa: E402
+from .optimize import STATUS  # noqa: E402
+from .results import LMMResult  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "fit",
+    "Model",
+    "LMMResult",
+    "deviance",
+    "ModelData",
+    "ModelSpec",
+    "example_trial",
+    "simulate_longitudinal",
+    "parse_formula",
+    "COVARIANCE_NAMES",
+    "STATUS",
+    "LMMError",
+    "FormulaError",
+    "DataError",
+    "ConvergenceWarning",
+]

@@ -1,0 +1,449 @@
+"""Covariance structures: unconstrained parameters -> covariance matrices.
+
+Residual (R-side) structures describe the T x T covariance of one subject's errors over the
+visit positions 0..T-1.  Each is a small frozen (hashable, static under jit) dataclass with
+
+* ``n_params``                  number of unconstrained parameters,
+* ``names(visits)``             readable names of the natural parameters,
+* ``matrix(theta)``             T x T covariance (jax),
+* ``natural(theta)``            natural parameters (SDs, correlations; jax),
+* ``from_natural(values)``      the inverse map (numpy, host side),
+* ``start(S)``                  unconstrained start from an empirical covariance ``S`` (numpy).
+
+Parameterisations (SAS name, nlme/mmrm equivalent):
+
+=======  =========================================  ===============================================
+name     matrix                                     unconstrained parameters
+=======  =========================================  ===============================================
+id       sigma^2 I (no covariance term)             log sigma
+diag     diag(sd_t^2)  (SAS UN(1)/VC by visit)      log sd_t
+cs       sigma^2 [(1-rho) I + rho J]  (corCompSymm) log sigma, rho = l + (1-l) logistic(z), l=-1/(T-1)
+csh      D [(1-rho) I + rho J] D                    log sd_t, z as for cs
+ar1      sigma^2 rho^|i-j|           (corAR1)       log sigma, rho = tanh(z)
+arh1     D rho^|i-j| D                              log sd_t, rho = tanh(z)
+un       L L' (corSymm + varIdent)                  log-Cholesky: log L_tt, L_ts (t > s)
+=======  =========================================  ===============================================
+
+Powers ``rho^|i-j|`` are built by repeated multiplication over integer lags, so the gradient at
+``rho = 0`` is finite.  Random-effect (G-side) blocks are in :class:`RandomBlock`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["STRUCTURES", "make_structure", "RandomBlock", "Identity", "Diag", "CS", "CSH", "AR1", "ARH1", "UN"]
+
+_TINY = 1e-12
+
+
+def _logit(p):
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return float(np.log(p / (1 - p)))
+
+
+def _lag_powers(rho, T: int):
+    """Matrix rho^|i-j| from integer lags (gradient-safe at rho = 0)."""
+    powers = [jnp.ones_like(rho)]
+    for _ in range(T - 1):
+        powers.append(powers[-1] * rho)
+    pw = jnp.stack(powers)
+    lag = np.abs(np.subtract.outer(np.arange(T), np.arange(T)))
+    return pw[lag]
+
+
+def _safe_sd(S):
+    return np.sqrt(np.clip(np.diag(S), 1e-8, None))
+
+
+def _mean_offdiag_corr(S):
+    sd = _safe_sd(S)
+    C = S / np.outer(sd, sd)
+    T = len(sd)
+    if T < 2:
+        return 0.0
+    return float((C.sum() - np.trace(C)) / (T * (T - 1)))
+
+
+def _lag1_corr(S):
+    sd = _safe_sd(S)
+    C = S / np.outer(sd, sd)
+    if len(sd) < 2:
+        return 0.0
+    return float(np.mean(np.diag(C, 1)))
+
+
+@dataclass(frozen=True)
+class _Structure:
+    T: int
+
+    name = "?"
+    sas = "?"
+
+    def is_boundary(self, theta):
+        return jnp.asarray(False)
+
+
+@dataclass(frozen=True)
+class Identity(_Structure):
+    name = "id"
+    sas = "VC (sigma^2 I)"
+
+    @property
+    def n_params(self):
+        return 1
+
+    def names(self, visits):
+        return ["sigma"]
+
+    def matrix(self, theta):
+        return jnp.exp(2 * theta[0]) * jnp.eye(self.T)
+
+    def natural(self, theta):
+        return jnp.exp(theta[:1])
+
+    def from_natural(self, v):
+        return np.log(np.asarray(v[:1], dtype=float))
+
+    def start(self, S):
+        return np.array([0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8))])
+
+
+@dataclass(frozen=True)
+class Diag(_Structure):
+    name = "diag"
+    sas = "UN(1)"
+
+    @property
+    def n_params(self):
+        return self.T
+
+    def names(self, visits):
+        return [f"sd[{v}]" for v in visits]
+
+    def matrix(self, theta):
+        return jnp.diag(jnp.exp(2 * theta))
+
+    def natural(self, theta):
+        return jnp.exp(theta)
+
+    def from_natural(self, v):
+        return np.log(np.asarray(v, dtype=float))
+
+    def start(self, S):
+        return np.log(_safe_sd(S))
+
+
+def _cs_lower(T):
+    return -1.0 / (T - 1) if T > 1 else -1.0
+
+
+@dataclass(frozen=True)
+class CS(_Structure):
+    name = "cs"
+    sas = "CS"
+
+    @property
+    def n_params(self):
+        return 2
+
+    def names(self, visits):
+        return ["sigma", "rho"]
+
+    def _rho(self, z):
+        lo = _cs_lower(self.T)
+        return lo + (1 - lo) * jax_sigmoid(z)
+
+    def matrix(self, theta):
+        rho = self._rho(theta[1])
+        C = (1 - rho) * jnp.eye(self.T) + rho
+        return jnp.exp(2 * theta[0]) * C
+
+    def natural(self, theta):
+        return jnp.stack([jnp.exp(theta[0]), self._rho(theta[1])])
+
+    def from_natural(self, v):
+        lo = _cs_lower(self.T)
+        return np.array([np.log(v[0]), _logit((v[1] - lo) / (1 - lo))])
+
+    def start(self, S):
+        lo = _cs_lower(self.T)
+        r = float(np.clip(_mean_offdiag_corr(S), lo + 0.05 * (1 - lo), 0.95))
+        return np.array([0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8)), _logit((r - lo) / (1 - lo))])
+
+    def is_boundary(self, theta):
+        rho = self._rho(theta[1])
+        lo = _cs_lower(self.T)
+        return (rho > 1 - 1e-6) | (rho < lo + 1e-6)
+
+
+@dataclass(frozen=True)
+class CSH(_Structure):
+    name = "csh"
+    sas = "CSH"
+
+    @property
+    def n_params(self):
+        return self.T + 1
+
+    def names(self, visits):
+        return [f"sd[{v}]" for v in visits] + ["rho"]
+
+    def matrix(self, theta):
+        sd = jnp.exp(theta[: self.T])
+        rho = CS(self.T)._rho(theta[self.T])
+        C = (1 - rho) * jnp.eye(self.T) + rho
+        return C * sd[:, None] * sd[None, :]
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[: self.T]), CS(self.T)._rho(theta[self.T])[None]])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        lo = _cs_lower(self.T)
+        return np.concatenate([np.log(v[: self.T]), [_logit((v[self.T] - lo) / (1 - lo))]])
+
+    def start(self, S):
+        return np.concatenate([np.log(_safe_sd(S)), CS(self.T).start(S)[1:]])
+
+    def is_boundary(self, theta):
+        return CS(self.T).is_boundary(jnp.stack([theta[0], theta[self.T]]))
+
+
+@dataclass(frozen=True)
+class AR1(_Structure):
+    name = "ar1"
+    sas = "AR(1)"
+
+    @property
+    def n_params(self):
+        return 2
+
+    def names(self, visits):
+        return ["sigma", "rho"]
+
+    def matrix(self, theta):
+        return jnp.exp(2 * theta[0]) * _lag_powers(jnp.tanh(theta[1]), self.T)
+
+    def natural(self, theta):
+        return jnp.stack([jnp.exp(theta[0]), jnp.tanh(theta[1])])
+
+    def from_natural(self, v):
+        return np.array([np.log(v[0]), np.arctanh(v[1])])
+
+    def start(self, S):
+        r = float(np.clip(_lag1_corr(S), -0.9, 0.9))
+        return np.array([0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8)), np.arctanh(r)])
+
+    def is_boundary(self, theta):
+        return jnp.abs(jnp.tanh(theta[1])) > 1 - 1e-6
+
+
+@dataclass(frozen=True)
+class ARH1(_Structure):
+    name = "arh1"
+    sas = "ARH(1)"
+
+    @property
+    def n_params(self):
+        return self.T + 1
+
+    def names(self, visits):
+        return [f"sd[{v}]" for v in visits] + ["rho"]
+
+    def matrix(self, theta):
+        sd = jnp.exp(theta[: self.T])
+        return _lag_powers(jnp.tanh(theta[self.T]), self.T) * sd[:, None] * sd[None, :]
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[: self.T]), jnp.tanh(theta[self.T])[None]])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        return np.concatenate([np.log(v[: self.T]), [np.arctanh(v[self.T])]])
+
+    def start(self, S):
+        return np.concatenate([np.log(_safe_sd(S)), AR1(self.T).start(S)[1:]])
+
+    def is_boundary(self, theta):
+        return jnp.abs(jnp.tanh(theta[self.T])) > 1 - 1e-6
+
+
+@dataclass(frozen=True)
+class UN(_Structure):
+    name = "un"
+    sas = "UN"
+
+    @property
+    def n_params(self):
+        return self.T * (self.T + 1) // 2
+
+    def names(self, visits):
+        T = self.T
+        return [f"sd[{v}]" for v in visits] + [
+            f"corr[{visits[i]},{visits[j]}]" for i in range(T) for j in range(i + 1, T)
+        ]
+
+    def _chol(self, theta):
+        T = self.T
+        rows, cols = np.tril_indices(T)
+        L = jnp.zeros((T, T), dtype=theta.dtype).at[rows, cols].set(theta)
+        d = np.arange(T)
+        return L.at[d, d].set(jnp.exp(theta[_diag_positions(T)]))
+
+    def matrix(self, theta):
+        L = self._chol(theta)
+        return L @ L.T
+
+    def natural(self, theta):
+        S = self.matrix(theta)
+        sd = jnp.sqrt(jnp.diag(S))
+        C = S / (sd[:, None] * sd[None, :])
+        iu = np.triu_indices(self.T, 1)
+        return jnp.concatenate([sd, C[iu]])
+
+    def from_natural(self, v):
+        T = self.T
+        v = np.asarray(v, dtype=float)
+        sd = v[:T]
+        C = np.eye(T)
+        iu = np.triu_indices(T, 1)
+        C[iu] = v[T:]
+        C.T[iu] = v[T:]
+        return self._theta_from_cov(C * np.outer(sd, sd))
+
+    def _theta_from_cov(self, S):
+        L = np.linalg.cholesky(S)
+        rows, cols = np.tril_indices(self.T)
+        th = L[rows, cols].copy()
+        th[_diag_positions(self.T)] = np.log(np.diag(L))
+        return th
+
+    def start(self, S):
+        S = np.asarray(S, dtype=float)
+        sd = _safe_sd(S)
+        C = S / np.outer(sd, sd)
+        C = 0.9 * C + 0.1 * np.eye(self.T)  # shrink towards I: PD even for pairwise estimates
+        w, Q = np.linalg.eigh(C)
+        C = (Q * np.clip(w, 0.05, None)) @ Q.T
+        d = np.sqrt(np.diag(C))
+        C = C / np.outer(d, d)
+        return self._theta_from_cov(C * np.outer(sd, sd))
+
+
+def _diag_positions(T):
+    """Positions of the diagonal entries in the row-major lower-triangle vector."""
+    rows, cols = np.tril_indices(T)
+    return np.nonzero(rows == cols)[0]
+
+
+def jax_sigmoid(z):
+    return 0.5 * (jnp.tanh(0.5 * z) + 1.0)
+
+
+STRUCTURES = {"id": Identity, "diag": Diag, "cs": CS, "csh": CSH, "ar1": AR1, "arh1": ARH1, "un": UN}
+
+
+def make_structure(name: str, T: int):
+    return STRUCTURES[name](T)
+
+
+@dataclass(frozen=True)
+class RandomBlock:
+    """Covariance of the random effects of one random term, ``G_k = L L'``.
+
+    Correlated terms use a lower-triangular ``L`` whose entries are all unconstrained,
+    diagonal included (as lme4's relative factor, but without the bound): the sign of a column
+    does not change ``L L'``, so a zero variance is an interior point that Newton's method
+    reaches directly.  Uncorrelated terms (``||``) use a diagonal ``L``.
+    """
+
+    columns: tuple[str, ...]
+    group: str
+    correlated: bool
+
+    @property
+    def k(self):
+        return len(self.columns)
+
+    @property
+    def n_params(self):
+        k = self.k
+        return k * (k + 1) // 2 if self.correlated else k
+
+    def names(self):
+        g = self.group
+        out = [f"sd[{c}|{g}]" for c in self.columns]
+        if self.correlated:
+            k = self.k
+            out += [f"corr[{self.columns[i]},{self.columns[j]}|{g}]" for i in range(k) for j in range(i + 1, k)]
+        return out
+
+    def chol(self, theta):
+        k = self.k
+        if not self.correlated:
+            return jnp.diag(theta)
+        rows, cols = np.tril_indices(k)
+        return jnp.zeros((k, k), dtype=theta.dtype).at[rows, cols].set(theta)
+
+    def matrix(self, theta):
+        L = self.chol(theta)
+        return L @ L.T
+
+    def natural(self, theta):
+        G = self.matrix(theta)
+        sd = jnp.sqrt(jnp.diag(G))
+        if not self.correlated:
+            return sd
+        denom = sd[:, None] * sd[None, :]
+        C = jnp.where(denom > _TINY, G / jnp.where(denom > _TINY, denom, 1.0), 0.0)
+        iu = np.triu_indices(self.k, 1)
+        return jnp.concatenate([sd, C[iu]])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        k = self.k
+        sd = v[:k]
+        if not self.correlated:
+            return sd.copy()
+        C = np.eye(k)
+        iu = np.triu_indices(k, 1)
+        C[iu] = v[k:]
+        C.T[iu] = v[k:]
+        G = C * np.outer(sd, sd)
+        L = _psd_cholesky(G)
+        rows, cols = np.tril_indices(k)
+        return L[rows, cols]
+
+    def start(self, var_cols):
+        sd = np.sqrt(np.clip(np.asarray(var_cols, dtype=float), 1e-8, None))
+        if not self.correlated:
+            return sd
+        L = np.diag(sd)
+        rows, cols = np.tril_indices(self.k)
+        return L[rows, cols]
+
+    def is_boundary(self, theta):
+        G = self.matrix(theta)
+        sd = jnp.sqrt(jnp.diag(G))
+        scale = jnp.max(sd) + _TINY
+        if self.correlated:
+            d = jnp.abs(jnp.diag(self.chol(theta)))
+            return jnp.min(d) < 1e-4 * scale
+        return jnp.min(sd) < 1e-4 * scale
+
+
+def _psd_cholesky(G):
+    """Cholesky factor of a positive semi-definite matrix (zero columns where singular)."""
+    k = G.shape[0]
+    L = np.zeros_like(G)
+    for j in range(k):
+        s = G[j, j] - L[j, :j] @ L[j, :j]
+        L[j, j] = np.sqrt(max(s, 0.0))
+        for i in range(j + 1, k):
+            if L[j, j] > 1e-12:
+                L[i, j] = (G[i, j] - L[i, :j] @ L[j, :j]) / L[j, j]
+    return L

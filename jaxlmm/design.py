@@ -1,0 +1,355 @@
+"""DataFrame + formula -> padded model arrays (host side, numpy) and the names to report.
+
+Rows with a missing value in any column the model uses are dropped (and counted).  Every
+subject becomes one row of padded ``[S, T]`` arrays: with a covariance term the visit level
+decides the column (so AR(1) lags are distances between visit positions and a missing visit
+leaves a gap); without one, a subject's rows fill its columns in data order.  ``S`` is padded
+up to a bucket (four per power of two) so that datasets of similar size share a compiled
+program.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .covariance import RandomBlock, make_structure
+from .errors import DataError, FormulaError
+from .formula import ParsedFormula, parse_formula
+from .likelihood import ModelData, ModelSpec
+
+__all__ = ["DesignInfo", "build_design", "bucket"]
+
+
+def bucket(n: int) -> int:
+    """Padded size for ``n`` subjects: 8, or ``n`` rounded up to a quarter power of two."""
+    if n <= 8:
+        return 8
+    base = 2 ** int(math.floor(math.log2(n)))
+    step = max(base // 4, 1)
+    return int(math.ceil(n / step) * step)
+
+
+@dataclass
+class DesignInfo:
+    formula: ParsedFormula
+    fixed_names: list[str]
+    dropped_aliased: list[str]
+    x_spec: object  # formulaic ModelSpec of the fixed part (full, before dropping aliased columns)
+    keep_cols: np.ndarray  # indices of kept fixed columns
+    re_specs: list  # formulaic ModelSpec per random term
+    blocks: tuple[RandomBlock, ...]
+    subject: str | None
+    visit: str | None
+    visit_levels: list
+    visit_labels: list[str]
+    subjects: list  # subject labels in padded-row order
+    n_obs: int
+    n_dropped: int
+    dropped_by_column: dict
+    row_index: np.ndarray  # positions (0..n_rows-1) in the input data of the used rows
+    row_s: np.ndarray
+    row_t: np.ndarray
+    n_rows_input: int
+    n_subjects_input: int  # distinct subjects in the input data, incl. ones with no usable row (SAS BIC)
+    S: int  # real subjects
+    S_pad: int
+    T: int
+    structure: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self):
+        return self.S if self.subject is not None else None
+
+
+def _rename_intercept(cols):
+    return ["(Intercept)" if c == "Intercept" else c for c in cols]
+
+
+def _check_columns(names, data, what):
+    for name in names:
+        if name not in data.columns:
+            close = difflib.get_close_matches(str(name), [str(c) for c in data.columns], n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise DataError(f"Column {name!r} ({what}) is not in the data.{hint} Columns are: {list(data.columns)}.")
+
+
+def _required(expr: str, data: pd.DataFrame, what: str):
+    import formulaic
+
+    try:
+        req = formulaic.Formula(expr).required_variables
+    except Exception as e:  # formulaic syntax errors
+        raise FormulaError(f"Cannot parse the {what} {expr!r}: {_short(e)}") from None
+    return sorted(str(v) for v in req)
+
+
+def _short(e: Exception) -> str:
+    return str(e).replace("\x1b[1;31m", "").replace("\x1b[0m", "").replace("⧛", "").replace("⧚", "").strip()
+
+
+def _model_matrix(expr: str, data: pd.DataFrame, what: str):
+    import formulaic
+
+    try:
+        mm = formulaic.model_matrix(expr, data, na_action="ignore")
+    except Exception as e:
+        raise FormulaError(f"Cannot build the {what} from {expr!r}: {_short(e)}") from None
+    return mm
+
+
+def _levels(series: pd.Series):
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        present = set(series.dropna().unique())
+        return [c for c in series.cat.categories if c in present]
+    vals = series.dropna().unique()
+    try:
+        return sorted(vals)
+    except TypeError:
+        return list(vals)
+
+
+def _label(v) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    """Indices of columns kept by a pivot-free Gram-Schmidt in column order (as R's lm)."""
+    keep = []
+    Q = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        nrm = np.linalg.norm(x)
+        if nrm == 0:
+            continue
+        r = x - Q @ (Q.T @ x)
+        r = r - Q @ (Q.T @ r)
+        if np.linalg.norm(r) > tol * nrm:
+            keep.append(j)
+            Q = np.column_stack([Q, r / np.linalg.norm(r)])
+    return np.asarray(keep, dtype=int)
+
+
+def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_response: bool = True):
+    """Build ``(ModelData, ModelSpec, DesignInfo, y_rows)`` from a formula and a DataFrame.
+
+    With ``require_response=False`` the response column may be absent (a design for
+    simulation); the response is then all zeros.
+    """
+    pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}.")
+    data = data.reset_index(drop=True)
+    n_rows_input = len(data)
+
+    has_response = pf.response in data.columns
+    if require_response or has_response:
+        _check_columns([pf.response], data, "response")
+        if not pd.api.types.is_numeric_dtype(data[pf.response]) or pd.api.types.is_bool_dtype(data[pf.response]):
+            raise DataError(
+                f"The response {pf.response!r} is not numeric (dtype {data[pf.response].dtype}); "
+                "convert it with pd.to_numeric(df[...], errors='coerce') or pick a numeric column."
+            )
+    used = {}
+    if has_response:
+        used[pf.response] = "response"
+    for v in _required(pf.fixed, data, "fixed-effects formula"):
+        used.setdefault(v, "fixed effects")
+    groups = sorted({r.group for r in pf.random})
+    for r in pf.random:
+        for v in _required(r.expr, data, f"random term {r.text}"):
+            used.setdefault(v, f"random term {r.text}")
+        used.setdefault(r.group, f"grouping factor of {r.text}")
+    if pf.cov is not None:
+        used.setdefault(pf.cov.visit, f"visit of {pf.cov.text}")
+        used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
+    for name, what in used.items():
+        _check_columns([name], data, what)
+
+    # grouping: one factor for random terms and the covariance term
+    subject = pf.cov.subject if pf.cov is not None else (groups[0] if groups else None)
+    if len(groups) > 1 or (groups and subject != groups[0]):
+        names = sorted(set(groups) | ({subject} if subject else set()))
+        raise FormulaError(
+            f"The random terms and the covariance term group by different columns {names}; jaxlmm fits one "
+            "grouping factor (nested or crossed random effects are not supported yet). Use one subject column."
+        )
+
+    for name in used:
+        col = data[name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            n_inf = int(np.isinf(col.to_numpy(dtype=float, na_value=np.nan)).sum())
+            if n_inf:
+                raise DataError(
+                    f"Column {name!r} has {n_inf} infinite value(s); replace them with NaN (dropped as missing) "
+                    "or finite values."
+                )
+
+    n_subjects_input = int(data[subject].nunique()) if subject is not None else n_rows_input
+    miss = data[list(used)].isna()
+    dropped_by_column = {c: int(n) for c, n in miss.sum().items() if n}
+    keep = ~miss.any(axis=1)
+    n_dropped = int((~keep).sum())
+    if not keep.any():
+        detail = ", ".join(f"{c} ({n})" for c, n in dropped_by_column.items())
+        raise DataError(f"No rows left after dropping rows with missing values; missing per column: {detail}.")
+    row_index = np.nonzero(keep.to_numpy())[0]
+    df = data.loc[keep].reset_index(drop=True)
+
+    # fixed effects
+    mm = _model_matrix(pf.fixed, df, "fixed-effects matrix")
+    Xfull = np.asarray(mm.to_numpy(dtype=float))
+    xnames = _rename_intercept(list(mm.columns))
+    if Xfull.shape[1] == 0:
+        raise FormulaError("The fixed part has no columns; write '1' for an intercept-only model.")
+    keep_cols = _independent_columns(Xfull)
+    dropped = [xnames[j] for j in range(len(xnames)) if j not in set(keep_cols)]
+    if dropped:
+        warnings.warn(
+            f"Fixed-effects model matrix is rank deficient: dropping {len(dropped)} aliased column(s) "
+            f"{dropped} (linear combinations of earlier columns), as lme4 does.",
+            UserWarning,
+            stacklevel=3,
+        )
+    X = Xfull[:, keep_cols]
+    fixed_names = [xnames[j] for j in keep_cols]
+
+    # random effects
+    blocks, Zparts, re_specs = [], [], []
+    for r in pf.random:
+        zm = _model_matrix(r.expr, df, f"random term {r.text}")
+        cols = _rename_intercept(list(zm.columns))
+        Zr = np.asarray(zm.to_numpy(dtype=float))
+        re_specs.append(zm.model_spec)
+        if r.correlated:
+            blocks.append(RandomBlock(tuple(cols), r.group, True))
+        else:
+            blocks.extend(RandomBlock((c,), r.group, True) for c in cols)
+        Zparts.append(Zr)
+    Z = np.concatenate(Zparts, axis=1) if Zparts else np.zeros((len(df), 0))
+
+    # subjects and visit positions
+    n = len(df)
+    if subject is not None:
+        subj_levels = _levels(df[subject])
+        s_code = pd.Categorical(df[subject], categories=subj_levels).codes.astype(int)
+    else:
+        subj_levels = list(range(n))
+        s_code = np.arange(n)
+    S = len(subj_levels)
+    if subject is not None and S < 2:
+        raise DataError(
+            f"Only {S} subject (column {subject!r}) has usable rows; a mixed model needs at least two subjects."
+        )
+    visit = pf.cov.visit if pf.cov is not None else None
+    if visit is not None:
+        levels = _levels(df[visit])
+        t_code = pd.Categorical(df[visit], categories=levels).codes.astype(int)
+        dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
+        if dup.any():
+            i = int(np.nonzero(dup)[0][0])
+            raise DataError(
+                f"Subject {subj_levels[s_code[i]]!r} (column {subject!r}) has more than one row at visit "
+                f"{levels[t_code[i]]!r} (column {visit!r}); the covariance term {pf.cov.text} needs one row per "
+                "subject and visit. Aggregate or remove duplicates, or use a random-effects model instead."
+            )
+        T = len(levels)
+        structure = pf.cov.structure
+    else:
+        t_code = pd.Series(s_code).groupby(s_code).cumcount().to_numpy().astype(int)
+        T = int(t_code.max()) + 1
+        levels = list(range(T))
+        structure = "id"
+    if structure in ("cs", "csh", "ar1", "arh1", "un") and T < 2:
+        raise DataError(
+            f"The covariance term {pf.cov.text} needs at least two visit levels in column {visit!r}; found {T}."
+        )
+
+    S_pad = bucket(S)
+    p, q = X.shape[1], Z.shape[1]
+    yv = df[pf.response].to_numpy(dtype=float) if has_response else np.zeros(n)
+    Y = np.zeros((S_pad, T))
+    M = np.zeros((S_pad, T))
+    XX = np.zeros((S_pad, T, p))
+    ZZ = np.zeros((S_pad, T, q))
+    Y[s_code, t_code] = yv
+    M[s_code, t_code] = 1.0
+    XX[s_code, t_code] = X
+    ZZ[s_code, t_code] = Z
+
+    resid = make_structure(structure, T)
+    spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T)
+
+    # identifiability
+    if structure == "un" and blocks:
+        raise FormulaError(
+            f"Random terms together with {pf.cov.text} are not identifiable: an unstructured residual "
+            "covariance already absorbs them. Drop the random terms or choose ar1/arh1/diag."
+        )
+    if structure in ("cs", "csh") and any("(Intercept)" in b.columns for b in blocks):
+        raise FormulaError(
+            f"A random intercept together with {pf.cov.text} is not identifiable (both add a constant "
+            "covariance). Drop one of them."
+        )
+    if structure == "un":
+        co = M.T @ M
+        zero = np.argwhere(co == 0)
+        if len(zero):
+            i, j = zero[0]
+            raise DataError(
+                f"No subject has both visit {levels[i]!r} and {levels[j]!r} (column {visit!r}), so their "
+                f"covariance in {pf.cov.text} cannot be estimated. Use a structured covariance (ar1, cs, ...)."
+            )
+    if n - p < 1:
+        raise DataError(f"{n} usable rows cannot estimate {p} fixed effects and a residual variance.")
+    if spec.n_theta > n - p:
+        raise DataError(
+            f"The model has {spec.n_theta} covariance parameters but only {n - p} residual degrees of freedom "
+            f"({n} rows, {p} fixed effects): the data cannot identify them. Use a simpler covariance structure."
+        )
+
+    info = DesignInfo(
+        formula=pf,
+        fixed_names=fixed_names,
+        dropped_aliased=dropped,
+        x_spec=mm.model_spec,
+        keep_cols=keep_cols,
+        re_specs=re_specs,
+        blocks=tuple(blocks),
+        subject=subject,
+        visit=visit,
+        visit_levels=list(levels),
+        visit_labels=[_label(v) for v in levels],
+        subjects=list(subj_levels),
+        n_obs=n,
+        n_dropped=n_dropped,
+        dropped_by_column=dropped_by_column,
+        row_index=row_index,
+        row_s=s_code,
+        row_t=t_code,
+        n_rows_input=n_rows_input,
+        n_subjects_input=n_subjects_input,
+        S=S,
+        S_pad=S_pad,
+        T=T,
+        structure=structure,
+    )
+    data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ)
+    return data_arrays, spec, info
+
+
+def new_design_rows(info: DesignInfo, newdata: pd.DataFrame):
+    """Fixed and random design matrices for new rows (same columns and coding as the fit)."""
+    Xn = np.asarray(info.x_spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float))
+    Xn = Xn[:, info.keep_cols]
+    Zs = [np.asarray(sp.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)) for sp in info.re_specs]
+    Zn = np.concatenate(Zs, axis=1) if Zs else np.zeros((len(newdata), 0))
+    return Xn, Zn

@@ -1,0 +1,144 @@
+"""A damped Newton minimiser that runs entirely inside ``jit`` (and under ``vmap``).
+
+Each iteration uses the exact gradient and Hessian of the objective (JAX autodiff).  The
+Hessian is made positive definite by taking absolute values of its eigenvalues, floored at
+``1e-8 * max |eigenvalue|`` (a saddle-free Newton step); the step is capped at ``max_step`` in
+the max-norm and shortened by halving until the Armijo condition holds.  With few covariance
+parameters (2 to ~40) this converges in a handful of iterations, quadratically near the
+optimum, which is what makes results agree with SAS / R to many digits.
+
+Stopping: the predicted decrease ``g' H+^-1 g / 2`` (the Newton decrement) falls below
+``tol * (1 + |f|)``.  Status codes (``STATUS`` maps them to names):
+
+0 converged; 1 converged on a boundary (singular random-effects covariance, |rho| -> 1);
+2 maximum iterations reached; 3 no further decrease possible before the tolerance was met;
+4 non-finite objective or derivatives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["STATUS", "NewtonResult", "newton"]
+
+STATUS = {0: "converged", 1: "boundary (singular) fit", 2: "maximum iterations reached", 3: "no progress", 4: "non-finite"}
+CONVERGED, BOUNDARY, MAX_ITER, NO_PROGRESS, NON_FINITE = range(5)
+
+
+class NewtonResult(NamedTuple):
+    x: jax.Array
+    fun: jax.Array
+    grad: jax.Array
+    hess: jax.Array
+    n_iter: jax.Array
+    status: jax.Array
+
+
+class _State(NamedTuple):
+    x: jax.Array
+    f: jax.Array
+    g: jax.Array
+    H: jax.Array
+    it: jax.Array
+    status: jax.Array  # -1 while running
+    decrement: jax.Array
+
+
+def _direction(g, H, max_step):
+    w, Q = jnp.linalg.eigh(H)
+    wa = jnp.abs(w)
+    wa = jnp.maximum(wa, 1e-8 * jnp.maximum(jnp.max(wa), 1e-12))
+    gq = Q.T @ g
+    d = -Q @ (gq / wa)
+    dec = jnp.sum(gq * gq / wa)
+    nrm = jnp.max(jnp.abs(d))
+    d = d * jnp.minimum(1.0, max_step / jnp.maximum(nrm, 1e-300))
+    return d, dec
+
+
+def newton(
+    f: Callable,
+    x0: jax.Array,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-11,
+    max_step: float = 2.0,
+    max_halvings: int = 40,
+    boundary: Callable | None = None,
+) -> NewtonResult:
+    """Minimise ``f`` from ``x0``.  Pure: use inside ``jit``/``vmap``; never raises.
+
+    The gradient and Hessian appear once in the traced program (at the top of the loop body),
+    which keeps compile times short.
+    """
+    grad = jax.grad(f)
+    # Hessian by forward-over-reverse; the gradient comes out as the auxiliary primal value
+    grad_hess = jax.jacfwd(lambda x: (grad(x), grad(x)), has_aux=True)
+
+    def finite(v):
+        return jnp.all(jnp.isfinite(v))
+
+    n = x0.shape[0]
+    f0 = f(x0)
+    zero = jnp.zeros((n,), x0.dtype)
+    state = _State(
+        x0,
+        f0,
+        zero,
+        jnp.eye(n, dtype=x0.dtype),
+        jnp.asarray(0),
+        jnp.where(jnp.isfinite(f0), -1, NON_FINITE).astype(jnp.int32),
+        jnp.asarray(jnp.inf, x0.dtype),
+    )
+
+    def cond(s):
+        return s.status < 0
+
+    def body(s):
+        H, g = grad_hess(s.x)
+        ok = finite(g) & finite(H)
+        d, dec = _direction(g, jnp.where(ok, H, jnp.eye(n, dtype=x0.dtype)), max_step)
+        small = 0.5 * dec < tol * (1 + jnp.abs(s.f))
+        slope = jnp.dot(g, d)
+
+        def ls_cond(c):
+            a, fa, k = c
+            bad = ~jnp.isfinite(fa) | (fa > s.f + 1e-4 * a * slope)
+            return bad & (k < max_halvings)
+
+        def ls_body(c):
+            a, _, k = c
+            a = 0.5 * a
+            return a, f(s.x + a * d), k + 1
+
+        init = (jnp.asarray(2.0, x0.dtype), jnp.asarray(jnp.inf, x0.dtype), jnp.asarray(0))
+        a, fa, _ = jax.lax.while_loop(ls_cond, ls_body, init)
+        accepted = jnp.isfinite(fa) & (fa <= s.f) & ~small
+        x_new = jnp.where(accepted, s.x + a * d, s.x)
+        f_new = jnp.where(accepted, fa, s.f)
+        it = s.it + 1
+        # no decrease possible: accept as converged when the predicted gain is at rounding level
+        stuck = ~accepted | (jnp.abs(s.f - f_new) <= 1e-15 * (1 + jnp.abs(f_new)))
+        stuck_ok = 0.5 * dec < 1e-7 * (1 + jnp.abs(s.f))
+        status = jnp.where(
+            ~ok,
+            NON_FINITE,
+            jnp.where(
+                small,
+                CONVERGED,
+                jnp.where(stuck, jnp.where(stuck_ok, CONVERGED, NO_PROGRESS), jnp.where(it > max_iter, MAX_ITER, -1)),
+            ),
+        ).astype(jnp.int32)
+        return _State(x_new, f_new, g, H, it, status, dec)
+
+    s = jax.lax.while_loop(cond, body, state)
+    status = s.status
+    if boundary is not None:
+        on_edge = boundary(s.x)
+        status = jnp.where(((status == CONVERGED) | (status == NO_PROGRESS)) & on_edge, BOUNDARY, status)
+        status = status.astype(jnp.int32)
+    # n_iter counts Newton steps taken (the last pass only checks convergence)
+    return NewtonResult(s.x, s.f, s.g, s.H, jnp.maximum(s.it - 1, 0), status)

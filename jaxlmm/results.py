@@ -1,0 +1,313 @@
+"""Host-side results: tables, summaries, BLUPs, residuals and predictions."""
+
+from __future__ import annotations
+
+from functools import cached_property, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .design import new_design_rows
+from .likelihood import LOG2PI, blups
+from .optimize import BOUNDARY, CONVERGED, STATUS
+
+__all__ = ["LMMResult"]
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _blups_compiled(theta, beta, data, spec):
+    return blups(theta, beta, data, spec)
+
+
+class LMMResult:
+    """A fitted linear mixed model.
+
+    Information criteria follow SAS PROC MIXED: ``n_params`` counts the covariance parameters
+    under REML and the covariance parameters plus ``rank(X)`` under ML; ``aic = deviance + 2 *
+    n_params``; ``bic = deviance + n_params * log(n)`` with ``n`` the number of subjects in the
+    input data (SAS counts subjects whose rows were all dropped too; without a subject factor,
+    the number of observations); ``aicc`` uses ``n* = N`` (ML) or ``N - p`` (REML).
+    Note that lme4 and nlme count fixed effects under REML too and use ``log(N)`` in BIC.
+    """
+
+    def __init__(self, model, reml: bool, opt, beta, vcov):
+        self.model = model
+        self.reml = reml
+        self._opt = opt
+        self._theta_u = np.asarray(opt.x)
+        self.deviance = float(opt.fun)
+        self.status = int(opt.status)
+        self.status_message = STATUS[self.status]
+        self.n_iter = int(opt.n_iter)
+        self._beta = beta
+        self._vcov = vcov
+        info = model.info
+        self.info = info
+        self.n_obs = info.n_obs
+        self.n_groups = info.n_groups
+        self.p = len(info.fixed_names)
+        self.n_theta = model.spec.n_theta
+        self.ddf_method = "residual"
+
+    # ---- fit statistics -------------------------------------------------------------
+    @property
+    def converged(self) -> bool:
+        return self.status in (CONVERGED, BOUNDARY)
+
+    @property
+    def boundary(self) -> bool:
+        return self.status == BOUNDARY
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.deviance
+
+    @property
+    def n_params(self) -> int:
+        return self.n_theta + (0 if self.reml else self.p)
+
+    @property
+    def aic(self) -> float:
+        return self.deviance + 2 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        n = self.info.n_subjects_input if self.info.subject is not None else self.n_obs
+        return self.deviance + self.n_params * np.log(n)
+
+    @property
+    def aicc(self) -> float:
+        q = self.n_params
+        n = self.n_obs - (self.p if self.reml else 0)
+        return self.deviance + 2 * q * n / max(n - q - 1, 1)
+
+    # ---- fixed effects --------------------------------------------------------------
+    @property
+    def fixef(self) -> pd.Series:
+        return pd.Series(self._beta, index=self.info.fixed_names, name="estimate")
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        n = self.info.fixed_names
+        return pd.DataFrame(self._vcov, index=n, columns=n)
+
+    @property
+    def df_residual(self) -> int:
+        return self.n_obs - self.p
+
+    def _df(self):
+        return np.full(self.p, float(self.df_residual))
+
+    @property
+    def coef_table(self) -> pd.DataFrame:
+        est = self._beta
+        se = np.sqrt(np.diag(self._vcov))
+        df = self._df()
+        t = est / se
+        p = 2 * stats.t.sf(np.abs(t), df)
+        q = stats.t.ppf(0.975, df)
+        return pd.DataFrame(
+            {
+                "estimate": est,
+                "std_error": se,
+                "df": df,
+                "t_value": t,
+                "p_value": p,
+                "ci_lower": est - q * se,
+                "ci_upper": est + q * se,
+            },
+            index=self.info.fixed_names,
+        )
+
+    # ---- covariance parameters ------------------------------------------------------
+    @property
+    def theta(self) -> pd.Series:
+        spec = self.model.spec
+        vals = np.asarray(spec.natural(jnp.asarray(self._theta_u)))
+        return pd.Series(vals, index=spec.names(self.info.visit_labels), name="estimate")
+
+    @property
+    def theta_unconstrained(self) -> np.ndarray:
+        return self._theta_u.copy()
+
+    @property
+    def residual_covariance(self) -> pd.DataFrame:
+        R = np.asarray(self.model.spec.R(jnp.asarray(self._theta_u)))
+        lab = self.info.visit_labels if self.info.visit is not None else [f"pos{i + 1}" for i in range(self.info.T)]
+        return pd.DataFrame(R, index=lab, columns=lab)
+
+    @property
+    def residual_correlation(self) -> pd.DataFrame:
+        R = self.residual_covariance
+        sd = np.sqrt(np.diag(R.to_numpy()))
+        return R / np.outer(sd, sd)
+
+    @property
+    def random_covariance(self) -> dict:
+        spec = self.model.spec
+        if not spec.q:
+            return {}
+        G = np.asarray(spec.G(jnp.asarray(self._theta_u)))
+        cols = [c for b in spec.blocks for c in b.columns]
+        return {self.info.subject: pd.DataFrame(G, index=cols, columns=cols)}
+
+    # ---- random effects -------------------------------------------------------------
+    @cached_property
+    def _blups(self):
+        from .model import _to_jax
+
+        spec = self.model.spec
+        b, cv = _blups_compiled(jnp.asarray(self._theta_u), jnp.asarray(self._beta), _to_jax(self.model.arrays), spec)
+        S = self.info.S
+        return np.asarray(b)[:S], np.asarray(cv)[:S]
+
+    @property
+    def ranef(self) -> pd.DataFrame:
+        """BLUPs of the random effects, one row per subject (conditional SDs in ``ranef_sd``)."""
+        spec = self.model.spec
+        cols = [c for b in spec.blocks for c in b.columns]
+        if not cols:
+            return pd.DataFrame(index=pd.Index(self.info.subjects, name=self.info.subject))
+        b, _ = self._blups
+        return pd.DataFrame(b, index=pd.Index(self.info.subjects, name=self.info.subject), columns=cols)
+
+    @property
+    def ranef_sd(self) -> pd.DataFrame:
+        """Conditional SDs of the BLUPs, sqrt(diag(G - G Z' V^-1 Z G)) (beta known, as lme4)."""
+        r = self.ranef
+        if r.shape[1] == 0:
+            return r
+        _, cv = self._blups
+        sd = np.sqrt(np.clip(np.diagonal(cv, axis1=1, axis2=2), 0, None))
+        return pd.DataFrame(sd, index=r.index, columns=r.columns)
+
+    # ---- fitted values, residuals, prediction ----------------------------------------
+    def _rows(self):
+        a = self.model.arrays
+        s, t = self.info.row_s, self.info.row_t
+        return a, s, t
+
+    def fitted(self, conditional: bool = True) -> pd.Series:
+        """Fitted values for the rows used in the fit (index = row position in the input data).
+        ``conditional=True`` adds the BLUPs (``X beta + Z b``); otherwise ``X beta``."""
+        a, s, t = self._rows()
+        f = a.X[s, t] @ self._beta
+        if conditional and self.model.spec.q:
+            b, _ = self._blups
+            f = f + np.einsum("nk,nk->n", a.Z[s, t], b[s])
+        return pd.Series(f, index=self.info.row_index, name="fitted")
+
+    def residuals(self, kind: str = "response") -> pd.Series:
+        """Residuals of the rows used in the fit.
+
+        ``"response"``: y - fitted (conditional on the BLUPs when there are random effects);
+        ``"pearson"``: response residual / residual SD at that visit;
+        ``"normalized"``: L_i^-1 r_i with R_i = L_i L_i' the subject's residual covariance block
+        (uncorrelated, unit variance under the model; nlme's ``type = "normalized"``).
+        """
+        a, s, t = self._rows()
+        r = a.y[s, t] - self.fitted(conditional=True).to_numpy()
+        if kind == "response":
+            out = r
+        elif kind == "pearson":
+            R = self.residual_covariance.to_numpy()
+            out = r / np.sqrt(np.diag(R)[t])
+        elif kind == "normalized":
+            R = self.residual_covariance.to_numpy()
+            T = self.info.T
+            rr = np.zeros((self.info.S_pad, T))
+            rr[s, t] = r
+            m = a.m
+            Rs = (m[:, :, None] * m[:, None, :]) * R[None] + np.eye(T)[None] * (1 - m)[:, :, None]
+            L = np.linalg.cholesky(Rs)
+            z = np.linalg.solve(L, rr[..., None])[..., 0]
+            out = z[s, t]
+        else:
+            raise ValueError(f"kind must be 'response', 'pearson' or 'normalized', not {kind!r}")
+        return pd.Series(out, index=self.info.row_index, name=f"{kind}_residual")
+
+    def predict(self, newdata: pd.DataFrame | None = None, conditional: bool = True) -> np.ndarray:
+        """Predictions ``X beta`` (+ ``Z b`` for known subjects when ``conditional``).
+        Subjects not in the fit get the population prediction."""
+        if newdata is None:
+            return self.fitted(conditional=conditional).to_numpy()
+        from .design import _check_columns
+
+        pf = self.info.formula
+        need = set()
+        import formulaic
+
+        need |= {str(v) for v in formulaic.Formula(pf.fixed).required_variables}
+        for r in pf.random:
+            need |= {str(v) for v in formulaic.Formula(r.expr).required_variables}
+        _check_columns(sorted(need), newdata, "needed for prediction")
+        Xn, Zn = new_design_rows(self.info, newdata)
+        pred = Xn @ self._beta
+        if conditional and self.model.spec.q and self.info.subject in newdata.columns:
+            b = self.ranef
+            idx = {k: i for i, k in enumerate(b.index)}
+            pos = np.array([idx.get(g, -1) for g in newdata[self.info.subject]])
+            bb = np.where(pos[:, None] >= 0, b.to_numpy()[np.maximum(pos, 0)], 0.0)
+            pred = pred + np.einsum("nk,nk->n", Zn, bb)
+        return pred
+
+    # ---- text -----------------------------------------------------------------------
+    def summary(self) -> str:
+        info = self.info
+        pf = info.formula
+        lines = []
+        method = "REML" if self.reml else "ML"
+        lines.append(f"Linear mixed model fit by {method}  [jaxlmm]")
+        lines.append(f"Formula: {pf.text}")
+        struct = self.model.spec.resid
+        if info.visit is not None:
+            lines.append(
+                f"Residual covariance: {struct.sas} over {info.T} levels of {info.visit!r}, subject {info.subject!r}"
+            )
+        else:
+            lines.append("Residual covariance: sigma^2 I")
+        n_sub = f", subjects: {info.S}" if info.subject is not None else ""
+        lines.append(f"Observations used: {self.n_obs}{n_sub}")
+        if info.n_dropped:
+            det = ", ".join(f"{c}: {n}" for c, n in info.dropped_by_column.items())
+            lines.append(f"Rows dropped for missing values: {info.n_dropped} (missing per column: {det})")
+        if info.dropped_aliased:
+            lines.append(f"Aliased fixed-effect columns dropped: {', '.join(info.dropped_aliased)}")
+        lines.append(f"Convergence: {self.status_message} after {self.n_iter} Newton iterations")
+        lines.append("")
+        lines.append("Fit statistics (SAS conventions)")
+        lab = "-2 Res Log Likelihood" if self.reml else "-2 Log Likelihood"
+        lines.append(f"  {lab:<24}{self.deviance:14.4f}")
+        lines.append(f"  {'AIC':<24}{self.aic:14.4f}")
+        lines.append(f"  {'AICC':<24}{self.aicc:14.4f}")
+        lines.append(f"  {'BIC':<24}{self.bic:14.4f}")
+        lines.append(f"  {'logLik':<24}{self.loglik:14.4f}   (parameters counted: {self.n_params})")
+        lines.append("")
+        lines.append("Covariance parameters")
+        th = self.theta
+        w = max(len(n) for n in th.index) + 2
+        for nm, v in th.items():
+            lines.append(f"  {nm:<{w}}{v:12.6g}")
+        lines.append("")
+        df_note = "residual df (N - p)" if self.ddf_method == "residual" else self.ddf_method
+        lines.append(f"Fixed effects (df: {df_note})")
+        ct = self.coef_table
+        w = max(max(len(n) for n in ct.index), 8) + 2
+        lines.append(f"  {'':<{w}}{'Estimate':>12}{'Std.Error':>12}{'df':>9}{'t value':>9}{'Pr(>|t|)':>11}")
+        for nm, row in ct.iterrows():
+            pv = row.p_value
+            ps = "<1e-16" if pv < 1e-16 else f"{pv:.4g}"
+            lines.append(
+                f"  {nm:<{w}}{row.estimate:12.5g}{row.std_error:12.5g}{row.df:9.2f}{row.t_value:9.3f}{ps:>11}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self):
+        m = "REML" if self.reml else "ML"
+        return f"<LMMResult {m} deviance={self.deviance:.4f} {self.status_message}: {self.info.formula.text}>"
+
+    def _check_pieces(self):  # pragma: no cover - debugging aid
+        return {"dev": self.deviance, "log2pi": LOG2PI}
