@@ -426,14 +426,10 @@ class RandomBlock:
         rows, cols = np.tril_indices(self.k)
         return L[rows, cols]
 
-    def is_boundary(self, theta):
-        G = self.matrix(theta)
-        sd = jnp.sqrt(jnp.diag(G))
-        scale = jnp.max(sd) + _TINY
-        if self.correlated:
-            d = jnp.abs(jnp.diag(self.chol(theta)))
-            return jnp.min(d) < 1e-4 * scale
-        return jnp.min(sd) < 1e-4 * scale
+    def is_boundary(self, theta, scale):
+        """Singular fit: a diagonal entry of the Cholesky factor below 1e-4 times the residual
+        SD (lme4's ``isSingular`` criterion on the relative factor)."""
+        return jnp.min(jnp.abs(jnp.diag(self.chol(theta)))) < 1e-4 * scale
 
 
 def _psd_cholesky(G):

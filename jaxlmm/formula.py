@@ -134,8 +134,7 @@ def parse_formula(formula: str) -> ParsedFormula:
         if term.startswith("(") and term.endswith(")") and _matching(term) == len(term) - 1:
             bar = _inner_bar(term[1:-1])
             if bar is not None:
-                expr, grp, correlated = (s.strip() for s in bar)
-                grp = grp.strip()
+                expr, grp, correlated = bar[0].strip(), bar[1].strip(), bar[2]
                 if not expr:
                     raise _caret(text, pos, f"Random term {term!r} has nothing left of '|': write (1 | {grp or 'g'}).")
                 if not _NAME.match(grp):

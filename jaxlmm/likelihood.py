@@ -100,8 +100,9 @@ class ModelSpec:
     def is_boundary(self, theta):
         sl, sr = self._slices()
         flag = self.resid.is_boundary(theta[sr])
+        scale = jnp.sqrt(jnp.mean(jnp.diagonal(self.resid.matrix(theta[sr]))))
         for b, s in zip(self.blocks, sl):
-            flag = flag | b.is_boundary(theta[s])
+            flag = flag | b.is_boundary(theta[s], scale)
         return flag
 
 

@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm  # noqa: F401  (enables float64)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_file(*parts) -> Path:
+    """A file from ../shared (data from other projects, never committed here).
+
+    Missing: the test fails under CI=true (CI always has shared/), and is skipped elsewhere."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"required shared file {path} is missing")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fev_data():
+    df = pd.read_csv(shared_file("data", "fev_data.csv"))
+    # R factor levels used by SAS and mmrm (SEX: Male first)
+    df["SEX"] = pd.Categorical(df["SEX"], categories=["Male", "Female"])
+    df["RACE"] = pd.Categorical(df["RACE"], categories=["Asian", "Black or African American", "White"])
+    return df
+
+
+@pytest.fixture(scope="session")
+def sas_ref():
+    import json
+
+    return json.loads(shared_file("reference", "fev_sas.json").read_text())
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
