@@ -7,6 +7,8 @@ with SAS and R to 1e-6; set ``JAXLMM_NO_X64=1`` before the import to leave JAX's
 Public API (the table of contents):
 
 - :func:`fit`, :class:`Model`: fit one model; :class:`LMMResult` holds the results.
+- :meth:`Model.fit_batch`, :func:`fit_many`, :meth:`LMMResult.bootstrap`, ``simulate``: many
+  fits in one compiled call (:class:`BatchResult`, :class:`BootstrapResult`).
 - :func:`deviance`: the pure, differentiable -2 (restricted) log-likelihood.
 - :func:`example_trial`, :func:`simulate_longitudinal`: built-in, deterministic example data.
 - Errors: :class:`LMMError` (a ``ValueError``), :class:`FormulaError`, :class:`DataError`;
@@ -21,6 +23,8 @@ if not _os.environ.get("JAXLMM_NO_X64"):
     _jax.config.update("jax_enable_x64", True)
 
 
+from .batch import BatchResult, fit_many  # noqa: E402
+from .bootstrap import BootstrapResult  # noqa: E402
 from .datasets import example_trial, simulate_longitudinal  # noqa: E402
 from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
@@ -33,7 +37,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "fit",
+    "fit_many",
     "Model",
+    "BatchResult",
+    "BootstrapResult",
     "LMMResult",
     "deviance",
     "ModelData",

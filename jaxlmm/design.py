@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,21 +74,120 @@ def _rename_intercept(cols):
 
 
 def _check_columns(names, data, what):
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"The data must be a pandas DataFrame, not {type(data).__name__}.")
     for name in names:
         if name not in data.columns:
-            close = difflib.get_close_matches(str(name), [str(c) for c in data.columns], n=3)
+            cols = [str(c) for c in data.columns]
+            close = difflib.get_close_matches(str(name), cols, n=3)
+            if not close:  # case-insensitive match ("Time" for "time")
+                close = [c for c in cols if c.lower() == str(name).lower()]
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise DataError(f"Column {name!r} ({what}) is not in the data.{hint} Columns are: {list(data.columns)}.")
+            shown = cols if len(cols) <= 30 else cols[:30] + [f"... ({len(cols) - 30} more)"]
+            raise DataError(
+                f"Column {name!r} ({what}) is not in the data.{hint} Fix the formula or add the column; "
+                f"columns are: {shown}."
+            )
+        n = int(np.sum(data.columns == name))
+        if n > 1:
+            raise DataError(
+                f"Column {name!r} ({what}) appears {n} times in the data; rename or drop the duplicate columns."
+            )
+
+
+def _expr_variables(expr: str, what: str) -> tuple[list[str], list[str]]:
+    """(data columns, unknown function names) used by a formulaic expression.
+
+    formulaic's ``required_variables`` misses the arguments of stateful transforms
+    (``center(x)``, ``scale(x)``, ``poly(x, 2)``): they are read here from the Python syntax of
+    each factor without evaluating anything."""
+    import ast
+    import builtins
+
+    import formulaic
+    from formulaic.transforms import TRANSFORMS
+    from formulaic.utils.code import sanitize_variable_names
+
+    try:
+        terms = list(formulaic.Formula(expr))
+    except Exception as e:  # formulaic syntax errors (parse_formula normally catches them first)
+        raise FormulaError(f"Cannot parse the {what} {expr!r}: {_short(e)} Fix the formula.") from None
+
+    def known(name: str) -> bool:
+        return name in TRANSFORMS or hasattr(builtins, name)
+
+    values: list[str] = []
+    funcs: list[str] = []
+
+    def dotted(node):
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            inner = dotted(node.value)
+            return None if inner is None else f"{inner}.{node.attr}"
+        return None
+
+    for term in terms:
+        for factor in term.factors:
+            method = getattr(factor.eval_method, "name", str(factor.eval_method)).upper()
+            if method == "LOOKUP":
+                values.append(str(factor.expr))
+            elif method == "PYTHON":
+                aliases: dict = {}
+                try:
+                    tree = ast.parse(sanitize_variable_names(str(factor.expr), {}, aliases), mode="eval")
+                except SyntaxError:
+                    continue  # formulaic reports it when the matrix is built
+                todo = [tree.body]
+                while todo:
+                    node = todo.pop()
+                    if isinstance(node, ast.Call):
+                        name = dotted(node.func)
+                        if name == "Q" and node.args and isinstance(node.args[0], ast.Constant):
+                            values.append(str(node.args[0].value))
+                            continue
+                        if name is None:
+                            todo.append(node.func)
+                        elif "." in name:
+                            root = aliases.get(name.split(".")[0], name.split(".")[0])
+                            if not known(root):
+                                values.append(root)  # a method of a column, e.g. x.fillna(0)
+                        elif not known(name):
+                            funcs.append(name)
+                        todo.extend(node.args)
+                        todo.extend(k.value for k in node.keywords)
+                    elif isinstance(node, (ast.Name, ast.Attribute)):
+                        name = dotted(node)
+                        if name is None:
+                            todo.extend(ast.iter_child_nodes(node))
+                            continue
+                        root = name.split(".")[0]
+                        root = aliases.get(root, root)
+                        if root not in TRANSFORMS:
+                            values.append(root)
+                    else:
+                        todo.extend(ast.iter_child_nodes(node))
+    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
+    return uniq(values), uniq(funcs)
 
 
 def _required(expr: str, data: pd.DataFrame, what: str):
-    import formulaic
+    """Data columns used by ``expr``; unknown functions are a FormulaError."""
+    values, funcs = _expr_variables(expr, what)
+    for f in funcs:
+        if f in data.columns:
+            raise FormulaError(f"In the {what} {expr!r}, column {f!r} is called like a function; remove the '(...)'.")
+        from formulaic.transforms import TRANSFORMS
 
-    try:
-        req = formulaic.Formula(expr).required_variables
-    except Exception as e:  # formulaic syntax errors
-        raise FormulaError(f"Cannot parse the {what} {expr!r}: {_short(e)}") from None
-    return sorted(str(v) for v in req)
+        names = sorted(k for k in TRANSFORMS if k not in ("contr", "np"))
+        close = difflib.get_close_matches(f, names, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        avail = ", ".join(k for k in names if k[0].islower())
+        raise FormulaError(
+            f"Unknown function {f!r} in the {what} {expr!r}.{hint} Use a formulaic transform "
+            f"({avail}), C()/I(), a numpy function as np.<name>, or compute the column in the data first."
+        )
+    return values
 
 
 def _short(e: Exception) -> str:
@@ -98,10 +198,29 @@ def _model_matrix(expr: str, data: pd.DataFrame, what: str):
     import formulaic
 
     try:
-        mm = formulaic.model_matrix(expr, data, na_action="ignore")
+        with np.errstate(all="ignore"):  # log(0) etc.: reported by _check_finite with the column name
+            mm = formulaic.model_matrix(expr, data, na_action="ignore")
     except Exception as e:
         raise FormulaError(f"Cannot build the {what} from {expr!r}: {_short(e)}") from None
     return mm
+
+
+def _py(v):
+    """numpy scalar -> Python scalar, for readable messages."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_finite(M: np.ndarray, names, what: str, labels) -> None:
+    """A model-matrix column with NaN/inf (from a transform such as log(0) or 1/0) is an error."""
+    bad = ~np.isfinite(M)
+    if bad.any():
+        j = int(np.nonzero(bad.any(axis=0))[0][0])
+        rows = np.nonzero(bad[:, j])[0]
+        raise DataError(
+            f"The {what} column {names[j]!r} has {len(rows)} non-finite value(s) (NaN or inf) after applying the "
+            f"formula, first at data row {_py(labels[rows[0]])!r}; the transform is undefined there (e.g. log of a "
+            "value <= 0, division by zero). Change the transform or remove those rows."
+        )
 
 
 def _levels(series: pd.Series):
@@ -113,6 +232,11 @@ def _levels(series: pd.Series):
         return sorted(vals)
     except TypeError:
         return list(vals)
+
+
+def _natural_key(v):
+    """Sort key that orders 'V2' before 'V10'."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(v)) if t]
 
 
 def _label(v) -> str:
@@ -147,27 +271,38 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}.")
+    labels = np.asarray(data.index)  # the caller's row labels, for messages
     data = data.reset_index(drop=True)
     n_rows_input = len(data)
+    if n_rows_input == 0:
+        raise DataError("The data have no rows; pass a DataFrame with one row per observation.")
 
     has_response = pf.response in data.columns
     if require_response or has_response:
         _check_columns([pf.response], data, "response")
         if not pd.api.types.is_numeric_dtype(data[pf.response]) or pd.api.types.is_bool_dtype(data[pf.response]):
             raise DataError(
-                f"The response {pf.response!r} is not numeric (dtype {data[pf.response].dtype}); "
-                "convert it with pd.to_numeric(df[...], errors='coerce') or pick a numeric column."
+                f"The response {pf.response!r} is not numeric (dtype {data[pf.response].dtype}); convert it, e.g. "
+                f"df[{pf.response!r}] = pd.to_numeric(df[{pf.response!r}], errors='coerce'), or pick a numeric column."
             )
     used = {}
     if has_response:
         used[pf.response] = "response"
+    rhs_vars = {}
     for v in _required(pf.fixed, data, "fixed-effects formula"):
         used.setdefault(v, "fixed effects")
+        rhs_vars.setdefault(v, "fixed part")
     groups = sorted({r.group for r in pf.random})
     for r in pf.random:
         for v in _required(r.expr, data, f"random term {r.text}"):
             used.setdefault(v, f"random term {r.text}")
+            rhs_vars.setdefault(v, f"random term {r.text}")
         used.setdefault(r.group, f"grouping factor of {r.text}")
+    if pf.response in rhs_vars:
+        raise FormulaError(
+            f"The response {pf.response!r} also appears on the right of '~' (in the {rhs_vars[pf.response]}); "
+            "remove it there (a response cannot explain itself)."
+        )
     if pf.cov is not None:
         used.setdefault(pf.cov.visit, f"visit of {pf.cov.text}")
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
@@ -186,11 +321,11 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     for name in used:
         col = data[name]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            n_inf = int(np.isinf(col.to_numpy(dtype=float, na_value=np.nan)).sum())
-            if n_inf:
+            isinf = np.isinf(col.to_numpy(dtype=float, na_value=np.nan))
+            if isinf.any():
                 raise DataError(
-                    f"Column {name!r} has {n_inf} infinite value(s); replace them with NaN (dropped as missing) "
-                    "or finite values."
+                    f"Column {name!r} has {int(isinf.sum())} infinite value(s), first at row "
+                    f"{_py(labels[np.argmax(isinf)])!r}; replace them with NaN (dropped as missing) or finite values."
                 )
 
     n_subjects_input = int(data[subject].nunique()) if subject is not None else n_rows_input
@@ -199,9 +334,13 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     keep = ~miss.any(axis=1)
     n_dropped = int((~keep).sum())
     if not keep.any():
-        detail = ", ".join(f"{c} ({n})" for c, n in dropped_by_column.items())
-        raise DataError(f"No rows left after dropping rows with missing values; missing per column: {detail}.")
+        detail = ", ".join(f"{c!r} ({n} of {n_rows_input})" for c, n in dropped_by_column.items())
+        raise DataError(
+            f"No rows left after dropping rows with missing values in the model's columns; missing per column: "
+            f"{detail}. Fill in or drop the mostly-missing columns from the formula."
+        )
     row_index = np.nonzero(keep.to_numpy())[0]
+    row_labels = labels[row_index]
     df = data.loc[keep].reset_index(drop=True)
 
     # fixed effects
@@ -210,6 +349,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     xnames = _rename_intercept(list(mm.columns))
     if Xfull.shape[1] == 0:
         raise FormulaError("The fixed part has no columns; write '1' for an intercept-only model.")
+    _check_finite(Xfull, xnames, "fixed-effects", row_labels)
     keep_cols = _independent_columns(Xfull)
     dropped = [xnames[j] for j in range(len(xnames)) if j not in set(keep_cols)]
     if dropped:
@@ -228,6 +368,11 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         zm = _model_matrix(r.expr, df, f"random term {r.text}")
         cols = _rename_intercept(list(zm.columns))
         Zr = np.asarray(zm.to_numpy(dtype=float))
+        if Zr.shape[1] == 0:
+            raise FormulaError(
+                f"Random term {r.text} has no columns; write (1 | {r.group}) for a random intercept or drop the term."
+            )
+        _check_finite(Zr, cols, f"random term {r.text}", row_labels)
         re_specs.append(zm.model_spec)
         if r.correlated:
             blocks.append(RandomBlock(tuple(cols), r.group, True))
@@ -247,7 +392,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     S = len(subj_levels)
     if subject is not None and S < 2:
         raise DataError(
-            f"Only {S} subject (column {subject!r}) has usable rows; a mixed model needs at least two subjects."
+            f"Only {S} subject (column {subject!r}) has usable rows; a mixed model needs at least two subjects. "
+            "Check the subject column and the rows dropped for missing values."
         )
     visit = pf.cov.visit if pf.cov is not None else None
     if visit is not None:
@@ -257,12 +403,23 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         if dup.any():
             i = int(np.nonzero(dup)[0][0])
             raise DataError(
-                f"Subject {subj_levels[s_code[i]]!r} (column {subject!r}) has more than one row at visit "
-                f"{levels[t_code[i]]!r} (column {visit!r}); the covariance term {pf.cov.text} needs one row per "
+                f"Subject {_py(subj_levels[s_code[i]])!r} (column {subject!r}) has more than one row at visit "
+                f"{_py(levels[t_code[i]])!r} (column {visit!r}); the covariance term {pf.cov.text} needs one row per "
                 "subject and visit. Aggregate or remove duplicates, or use a random-effects model instead."
             )
         T = len(levels)
         structure = pf.cov.structure
+        textual = not isinstance(df[visit].dtype, pd.CategoricalDtype) and not pd.api.types.is_numeric_dtype(df[visit])
+        if structure in ("ar1", "arh1") and textual:
+            natural = sorted(levels, key=_natural_key)
+            if natural != list(levels):
+                warnings.warn(
+                    f"The visit levels of column {visit!r} are ordered as text ({', '.join(map(str, levels[:6]))}"
+                    f"{', ...' if T > 6 else ''}), which sets the AR(1) lags in {pf.cov.text}; if that is not the "
+                    f"time order, make {visit!r} an ordered pd.Categorical or a number.",
+                    UserWarning,
+                    stacklevel=3,
+                )
     else:
         t_code = pd.Series(s_code).groupby(s_code).cumcount().to_numpy().astype(int)
         T = int(t_code.max()) + 1
@@ -305,11 +462,25 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         if len(zero):
             i, j = zero[0]
             raise DataError(
-                f"No subject has both visit {levels[i]!r} and {levels[j]!r} (column {visit!r}), so their "
+                f"No subject has both visit {_py(levels[i])!r} and {_py(levels[j])!r} (column {visit!r}), so their "
                 f"covariance in {pf.cov.text} cannot be estimated. Use a structured covariance (ar1, cs, ...)."
             )
     if n - p < 1:
-        raise DataError(f"{n} usable rows cannot estimate {p} fixed effects and a residual variance.")
+        raise DataError(
+            f"{n} usable rows cannot estimate {p} fixed effects and a residual variance; use fewer fixed effects."
+        )
+    if has_response and q and q * S >= n:  # (a simulation design may have one row per group)
+        raise DataError(
+            f"The random terms have {q * S} random effects ({q} per level of {subject!r} x {S} levels) but there are "
+            f"only {n} usable rows, so they cannot be told apart from the residual. Check that {subject!r} groups "
+            "several rows, or simplify the random terms."
+        )
+    resid0 = yv - X @ np.linalg.lstsq(X, yv, rcond=None)[0]
+    if has_response and np.linalg.norm(resid0) <= 1e-10 * max(np.linalg.norm(yv), 1e-300):
+        raise DataError(
+            f"The response {pf.response!r} is fitted exactly by the fixed effects (e.g. it is constant), so there is "
+            "no variation left to model; check the response column."
+        )
     if spec.n_theta > n - p:
         raise DataError(
             f"The model has {spec.n_theta} covariance parameters but only {n - p} residual degrees of freedom "
@@ -348,8 +519,21 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
 def new_design_rows(info: DesignInfo, newdata: pd.DataFrame):
     """Fixed and random design matrices for new rows (same columns and coding as the fit)."""
-    Xn = np.asarray(info.x_spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float))
-    Xn = Xn[:, info.keep_cols]
-    Zs = [np.asarray(sp.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)) for sp in info.re_specs]
-    Zn = np.concatenate(Zs, axis=1) if Zs else np.zeros((len(newdata), 0))
+    if not isinstance(newdata, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, not {type(newdata).__name__}.")
+    pf = info.formula
+    parts = [(pf.fixed, "fixed-effects formula", info.x_spec)]
+    parts += [(r.expr, f"random term {r.text}", sp) for r, sp in zip(pf.random, info.re_specs)]
+    mats = []
+    for expr, what, spec in parts:
+        _check_columns(_required(expr, newdata, what), newdata, f"{what}, needed for prediction")
+        try:
+            mats.append(np.asarray(spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)))
+        except Exception as e:  # e.g. a factor level not seen in the fit
+            raise DataError(
+                f"Cannot build the {what} for newdata from {expr!r}: {_short(e)} newdata must use the columns, "
+                "types and factor levels of the data the model was fitted to."
+            ) from None
+    Xn = mats[0][:, info.keep_cols]
+    Zn = np.concatenate(mats[1:], axis=1) if len(mats) > 1 else np.zeros((len(newdata), 0))
     return Xn, Zn

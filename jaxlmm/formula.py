@@ -56,40 +56,100 @@ class ParsedFormula:
     cov: CovTerm | None
 
 
-def _caret(text: str, pos: int, msg: str) -> FormulaError:
-    return FormulaError(f"{msg}\n  {text}\n  {' ' * pos}^")
+def _caret(text: str, pos: int, msg: str, width: int = 1) -> FormulaError:
+    return FormulaError(f"{msg}\n  {text}\n  {' ' * pos}{'^' * max(width, 1)}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _syntax_error(expr: str) -> tuple[str, int, int] | None:
+    """formulaic's complaint about ``expr`` as (message, start, width), or None if it parses.
+
+    formulaic marks the offending span as ``⧛...⧚`` in the last paragraph of its message; the
+    span is mapped back to a position in ``expr`` (start -1 when it cannot be located)."""
+    import formulaic
+
+    try:
+        formulaic.Formula(expr)
+    except Exception as e:  # formulaic raises its own FormulaSyntaxError / parser errors
+        raw = _ANSI.sub("", str(e))
+        head, _, marked = raw.rpartition("\n\n")
+        msg = (head or raw).strip()
+        start, width = -1, 1
+        if "⧛" in marked and "⧚" in marked:
+            i = marked.index("⧛")
+            j = marked.index("⧚")
+            if marked.replace("⧛", "").replace("⧚", "") == expr:
+                start, width = i, max(j - i - 1, 1)
+        msg = msg.replace("⧛", "").replace("⧚", "")
+        return msg, start, width
+    return None
+
+
+def _check_syntax(expr: str, full: str, offset: int, what: str) -> None:
+    """Raise a FormulaError with a caret under the bad span if formulaic cannot parse ``expr``
+    (stripped; it starts at ``offset`` in ``full``).  ``what`` names it, e.g. "the term 'a b'"."""
+    err = _syntax_error(expr)
+    if err is None:
+        return
+    msg, start, width = err
+    if not msg.endswith((".", "!", "?", ")")):
+        msg += "."
+    text = f"Cannot parse {what}: {msg} Fix the formula at the marked position."
+    if start < 0:
+        raise _caret(full, offset, text, len(expr))
+    raise _caret(full, offset + start, text, width)
+
+
+_OPEN = {"(": ")", "[": "]", "{": "}"}
+_CLOSE = {v: k for k, v in _OPEN.items()}
+
+
+def _scan(text: str):
+    """Yield ``(index, char, depth)`` for characters outside quotes and backticks; ``depth``
+    counts the open (), [] and {} before the character.  Raises on an unmatched closer."""
+    depth, quote = 0, None
+    for i, ch in enumerate(text):
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "'\"`":
+            quote = ch
+            continue
+        if ch in _CLOSE:
+            depth -= 1
+        yield i, ch, depth
+        if ch in _OPEN:
+            depth += 1
 
 
 def _split_top(text: str, sep: str, offset: int = 0, full: str | None = None) -> list[tuple[str, int]]:
-    """Split on ``sep`` at parenthesis depth 0; return (piece, start offset) pairs."""
+    """Split on ``sep`` outside brackets and quotes; return (piece, start offset) pairs."""
     full = text if full is None else full
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise _caret(full, offset + i, "Formula has an unmatched ')'.")
+    parts, start, stack = [], 0, []
+    for i, ch, depth in _scan(text):
+        if ch in _OPEN:
+            stack.append(i)
+        elif ch in _CLOSE:
+            if depth < 0 or text[stack[-1]] != _CLOSE[ch]:
+                raise _caret(full, offset + i, f"Formula has an unmatched {ch!r}.")
+            stack.pop()
         elif ch == sep and depth == 0:
             parts.append((text[start:i], offset + start))
             start = i + 1
-    if depth != 0:
-        pos = offset + text.rfind("(")
-        raise _caret(full, pos, "Formula has an unclosed '(': add the missing ')'.")
+    if stack:
+        o = text[stack[-1]]
+        raise _caret(full, offset + stack[-1], f"Formula has an unclosed {o!r}: add the missing {_OPEN[o]!r}.")
     parts.append((text[start:], offset + start))
     return parts
 
 
 def _inner_bar(inner: str) -> tuple[str, str, bool] | None:
     """If ``inner`` has a top-level '|' (or '||'), return (lhs, rhs, correlated)."""
-    depth = 0
-    for i, ch in enumerate(inner):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
+    for i, ch, depth in _scan(inner):
+        if ch == "|" and depth == 0:
             if inner[i + 1 : i + 2] == "|":
                 return inner[:i], inner[i + 2 :], False
             return inner[:i], inner[i + 1 :], True
@@ -141,6 +201,9 @@ def parse_formula(formula: str) -> ParsedFormula:
                     raise _caret(
                         text, pos, f"Random term {term!r}: the grouping factor right of '|' must be one column name."
                     )
+                lhs = bar[0]
+                where = pos + 1 + len(lhs) - len(lhs.lstrip())
+                _check_syntax(expr, text, where, f"{expr!r} (left of '|' in random term {term!r})")
                 random.append(RandomTerm(expr=expr, group=grp, correlated=bool(correlated), text=term))
                 continue
         m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)$", term, re.S)
@@ -162,25 +225,36 @@ def parse_formula(formula: str) -> ParsedFormula:
                         pos,
                         f"Covariance term {term!r} must be {name}(visit | subject) with one column on each side.",
                     )
+                if visit == subject:
+                    raise _caret(
+                        text,
+                        pos,
+                        f"Covariance term {term!r} uses {visit!r} as both visit and subject; write "
+                        f"{name}(visit_column | subject_column) with two different columns.",
+                    )
                 if cov is not None:
                     raise _caret(text, pos, "Formula has more than one covariance term; keep one.")
                 cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=visit, subject=subject, text=term)
                 continue
         if "|" in term:
-            raise _caret(text, pos, f"Term {term!r} has a '|' but is not a random term; write it as (expr | group).")
+            raise _caret(
+                text,
+                pos,
+                f"Term {term!r} has a '|' but is not a random term: add random terms with '+' as "
+                "(expr | group), on their own (drop the intercept with '0 +' in the fixed part).",
+            )
+        _check_syntax(term, text, pos, f"the fixed-effects term {term!r}")
         fixed_terms.append(term)
     fixed = " + ".join(fixed_terms) if fixed_terms else "1"
     return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random), cov=cov)
 
 
 def _matching(s: str, start: int = 0) -> int:
-    """Index of the ')' matching the '(' at ``start``."""
-    depth = 0
-    for i in range(start, len(s)):
-        if s[i] == "(":
-            depth += 1
-        elif s[i] == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+    """Index of the bracket matching the opening one at ``start``."""
+    level = None
+    for i, ch, depth in _scan(s):
+        if i == start:
+            level = depth
+        elif level is not None and ch in _CLOSE and depth == level:
+            return i
     return -1

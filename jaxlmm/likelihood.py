@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
+from . import linalg as small
 from .covariance import RandomBlock
 
 __all__ = ["ModelData", "ModelSpec", "deviance", "gls_pieces", "LOG2PI"]
@@ -74,6 +75,17 @@ class ModelSpec:
             i += b.k
         return G
 
+    def G_chol(self, theta):
+        """A factor L with L L' = G (block diagonal of the blocks' factors; exact at a boundary)."""
+        sl, _ = self._slices()
+        q = self.q
+        L = jnp.zeros((q, q), dtype=theta.dtype)
+        i = 0
+        for b, s in zip(self.blocks, sl):
+            L = L.at[i : i + b.k, i : i + b.k].set(b.chol(theta[s]))
+            i += b.k
+        return L
+
     def R(self, theta):
         _, s = self._slices()
         return self.resid.matrix(theta[s])
@@ -96,6 +108,14 @@ class ModelSpec:
         for b in self.blocks:
             out += b.names()
         return out + self.resid.names(visits)
+
+    def is_degenerate(self, theta, theta0):
+        """The residual variance collapsed (below 1e-12 of where the fit started): the
+        likelihood is unbounded, e.g. the fixed effects fit the response exactly."""
+        _, sr = self._slices()
+        v = jnp.mean(jnp.diagonal(self.resid.matrix(theta[sr])))
+        v0 = jnp.mean(jnp.diagonal(self.resid.matrix(theta0[sr])))
+        return ~(v > 1e-12 * v0)
 
     def is_boundary(self, theta):
         sl, sr = self._slices()
@@ -172,3 +192,110 @@ def blups(theta, beta, data: ModelData, spec: ModelSpec):
     Wz = solve_triangular(L, ZG, lower=True)
     cv = G[None] - jnp.einsum("stk,stl->skl", Wz, Wz)
     return b, cv
+
+
+# ---------------------------------------------------------------------------------------
+# Sufficient statistics per pattern (used by batched fits sharing one design)
+# ---------------------------------------------------------------------------------------
+#
+# Subjects with the same visit pattern (mask row) and the same random-effects rows Z_i share
+# V_i, so the likelihood depends on the data only through per-pattern sums
+#
+#     XX_k[t,u] = sum_{i in k} x_it x_iu',  Xy_k[t,u] = sum_{i in k} x_it y_iu,
+#     yy_k[t,u] = sum_{i in k} y_it y_iu,   n_k = #subjects in k.
+#
+# With W_k = V*_k^-1:  A = sum_k <W_k, XX_k>,  b = sum_k <W_k, Xy_k>,  c = sum_k <W_k, yy_k>,
+# sum_i log|V_i| = sum_k n_k log|V*_k|.  One evaluation then costs O(K T^2 p^2) instead of
+# O(S T^3), and the X-only sums are shared by every replicate of a batch.
+
+
+class PatternDesign(NamedTuple):
+    """The design part of the per-pattern statistics (shared across replicates)."""
+
+    m: jax.Array  # [K, T] pattern masks
+    Z: jax.Array  # [K, T, q] random-effects rows of the pattern
+    n: jax.Array  # [K] subjects per pattern (0 for padding)
+    XX: jax.Array  # [K, T, T, p, p]
+    Xs: jax.Array  # [S_used, T, p] masked X of the subjects with data, sorted by pattern
+
+
+class PatternResponse(NamedTuple):
+    """The response part of the per-pattern statistics (one per replicate)."""
+
+    Xy: jax.Array  # [K, T, T, p]
+    yy: jax.Array  # [K, T, T]
+
+
+@dataclass(frozen=True)
+class PatternLayout:
+    """Static layout: subject order (sorted by pattern) and each pattern's [start, stop)."""
+
+    order: tuple[int, ...]
+    bounds: tuple[tuple[int, int], ...]
+    K_pad: int
+
+
+def pattern_response(y, m, pd_: PatternDesign, layout: PatternLayout) -> PatternResponse:
+    """Per-pattern response statistics for a response ``y`` [S, T] (cells with m = 0 ignored)."""
+    ys = (y * m)[np.asarray(layout.order)]
+    Xy, yy = [], []
+    for a, b in layout.bounds:
+        Xy.append(jnp.einsum("stp,su->tup", pd_.Xs[a:b], ys[a:b]))
+        yy.append(jnp.einsum("st,su->tu", ys[a:b], ys[a:b]))
+    pad = layout.K_pad - len(layout.bounds)
+    Xy, yy = jnp.stack(Xy), jnp.stack(yy)
+    if pad:
+        Xy = jnp.concatenate([Xy, jnp.zeros((pad,) + Xy.shape[1:], Xy.dtype)])
+        yy = jnp.concatenate([yy, jnp.zeros((pad,) + yy.shape[1:], yy.dtype)])
+    return PatternResponse(Xy, yy)
+
+
+def _pattern_weights(theta, pd_: PatternDesign, spec: ModelSpec, unroll: bool = False):
+    """W_k = V*_k^-1 on the observed cells of each pattern, and log|V*_k|.
+
+    ``unroll=True`` writes the T x T factorisations out in plain arithmetic (faster for big
+    vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
+    R = spec.R(theta)
+    V = jnp.broadcast_to(R, pd_.m.shape + (spec.T,))
+    if spec.q:
+        V = V + jnp.einsum("kta,ab,kub->ktu", pd_.Z, spec.G(theta), pd_.Z)
+    mm = pd_.m[:, :, None] * pd_.m[:, None, :]
+    eye = jnp.eye(spec.T, dtype=V.dtype)
+    V = mm * V + eye * (1.0 - pd_.m)[:, :, None]
+    if unroll:
+        L = small.cholesky(V)
+        Linv = small.solve_lower(L, jnp.broadcast_to(eye, V.shape))
+    else:
+        L = jnp.linalg.cholesky(V)
+        Linv = solve_triangular(L, jnp.broadcast_to(eye, V.shape), lower=True)
+    W = jnp.einsum("kst,ksu->ktu", Linv, Linv) * mm
+    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    return W, logdet
+
+
+def pattern_gls(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec, unroll: bool = False):
+    """(A, b, c, sum_i log|V_i|) from per-pattern statistics."""
+    W, logdet = _pattern_weights(theta, pd_, spec, unroll)
+    A = jnp.einsum("ktu,ktupq->pq", W, pd_.XX)
+    b = jnp.einsum("ktu,ktup->p", W, pr.Xy)
+    c = jnp.einsum("ktu,ktu->", W, pr.yy)
+    return A, b, c, jnp.sum(pd_.n * logdet)
+
+
+def deviance_patterns(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec, reml=True, unroll=False):
+    """Same value as :func:`deviance`, computed from per-pattern statistics."""
+    A, b, c, logdet = pattern_gls(theta, pd_, pr, spec, unroll)
+    LA = jnp.linalg.cholesky(A)
+    u = solve_triangular(LA, b, lower=True)
+    n_obs = jnp.sum(pd_.n * jnp.sum(pd_.m, axis=-1))
+    dev = logdet + c - jnp.dot(u, u) + n_obs * LOG2PI
+    p = A.shape[0]
+    return dev + jnp.where(reml, 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - p * LOG2PI, 0.0)
+
+
+def beta_vcov_patterns(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec):
+    """GLS beta_hat and A^-1 from per-pattern statistics."""
+    A, b, _, _ = pattern_gls(theta, pd_, pr, spec)
+    LA = jnp.linalg.cholesky(A)
+    Ainv = jax.scipy.linalg.cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype))
+    return Ainv @ b, Ainv

@@ -13,8 +13,16 @@ import pandas as pd
 
 from .design import build_design
 from .errors import ConvergenceWarning
-from .likelihood import ModelData, beta_vcov, deviance
-from .optimize import BOUNDARY, CONVERGED, STATUS, newton
+from .likelihood import (
+    ModelData,
+    PatternDesign,
+    PatternResponse,
+    beta_vcov,
+    beta_vcov_patterns,
+    deviance,
+    deviance_patterns,
+)
+from .optimize import BOUNDARY, CONVERGED, STATUS, newton  # noqa: F401
 
 __all__ = ["Model", "fit", "start_values"]
 
@@ -22,9 +30,56 @@ __all__ = ["Model", "fit", "start_values"]
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
 def _fit_compiled(theta0, data: ModelData, spec, reml: bool, max_iter: int, tol: float):
     obj = lambda th: deviance(th, data, spec, reml)  # noqa: E731
-    res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary)
+    res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
     beta, vcov = beta_vcov(res.x, data, spec)
     return res, beta, vcov
+
+
+@partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
+def _fit_patterns_compiled(theta0, pdes, pr, spec, reml, max_iter: int, tol: float):
+    obj = lambda th: deviance_patterns(th, pdes, pr, spec, reml)  # noqa: E731
+    res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = beta_vcov_patterns(res.x, pdes, pr, spec)
+    return res, beta, vcov
+
+
+def _newton_fit(arrays: ModelData, spec, reml: bool, theta0=None, *, max_iter: int = 200, tol: float = 1e-11,
+                retry: bool = True):
+    """Full Newton fit of one dataset (host arrays with X, Z, y zero in masked cells).
+
+    Subjects that share a visit pattern (and random-effects rows) are pooled into per-pattern
+    sufficient statistics when that shrinks the problem (at most half as many patterns as
+    subjects); otherwise the per-subject likelihood is used.  Both give the same deviance.
+    A failed fit is retried once from a start without correlations.
+    Returns (NewtonResult, beta, vcov, path)."""
+    from .batch import pattern_design, pattern_response_np
+
+    m = np.asarray(arrays.m)
+    S_real = int((m.sum(axis=1) > 0).sum())
+    pdes, layout, K = pattern_design(arrays, m)
+    p = arrays.X.shape[-1]
+    use_patterns = K <= max(S_real // 2, 8) and pdes.XX.size <= 2e7
+    if use_patterns:
+        pr = pattern_response_np(arrays.y, m, pdes, layout)
+        pd_j = PatternDesign(*(jnp.asarray(a, jnp.float64) for a in pdes[:-1]), None)
+        pr = PatternResponse(*(jnp.asarray(a, jnp.float64) for a in pr))
+
+        def run(th):
+            return _fit_patterns_compiled(jnp.asarray(th), pd_j, pr, spec, jnp.asarray(bool(reml)), max_iter, tol)
+    else:
+        data = _to_jax(arrays)
+
+        def run(th):
+            return _fit_compiled(jnp.asarray(th), data, spec, jnp.asarray(bool(reml)), max_iter, tol)
+
+    del p
+    start = start_values(arrays, spec) if theta0 is None else np.asarray(theta0, dtype=float)
+    res, beta, vcov = run(start)
+    if retry and int(res.status) not in (CONVERGED, BOUNDARY):
+        res2, beta2, vcov2 = run(_neutral_start(spec, start))
+        if int(res2.status) in (CONVERGED, BOUNDARY) or float(res2.fun) < float(res.fun):
+            res, beta, vcov = res2, beta2, vcov2
+    return res, beta, vcov, ("patterns" if use_patterns else "subjects")
 
 
 def _to_jax(data: ModelData) -> ModelData:
@@ -97,20 +152,15 @@ class Model:
         from .results import LMMResult
 
         if not self.has_response:
-            raise ValueError(
-                f"The data have no response column {self.info.formula.response!r}; this model can only simulate."
-            )
-        data = _to_jax(self.arrays)
-        theta0 = np.asarray(start_values(self.arrays, self.spec) if start is None else start, dtype=float)
-        res, beta, vcov = _fit_compiled(jnp.asarray(theta0), data, self.spec, jnp.asarray(bool(reml)), int(max_iter), float(tol))
+            from .design import _check_columns
+
+            _check_columns([self.info.formula.response], self.data, "response")
+        res, beta, vcov, path = _newton_fit(
+            self.arrays, self.spec, reml, start, max_iter=int(max_iter), tol=float(tol), retry=start is None
+        )
         status = int(res.status)
-        if status not in (CONVERGED, BOUNDARY) and start is None:
-            # second attempt from a neutral start (unit correlations removed)
-            alt = _neutral_start(self.spec, theta0)
-            res2, beta2, vcov2 = _fit_compiled(jnp.asarray(alt), data, self.spec, jnp.asarray(bool(reml)), int(max_iter), float(tol))
-            if int(res2.status) in (CONVERGED, BOUNDARY) or float(res2.fun) < float(res.fun):
-                res, beta, vcov, status = res2, beta2, vcov2, int(res2.status)
         out = LMMResult(self, bool(reml), res, np.asarray(beta), np.asarray(vcov))
+        out.likelihood_path = path
         if warn and status == BOUNDARY:
             warnings.warn(
                 "boundary (singular) fit: a random-effects variance is ~0 or a correlation is ~+-1; "
@@ -126,6 +176,78 @@ class Model:
                 stacklevel=2,
             )
         return out
+
+    # ---- batches and simulation ------------------------------------------------------
+    def _pilot(self, y, m, reml):
+        """A full Newton fit of one response: the start and curvature for a batch."""
+        d = ModelData(y * m, m, np.asarray(self.arrays.X) * m[..., None], np.asarray(self.arrays.Z) * m[..., None])
+        r, _, _, _ = _newton_fit(d, self.spec, reml)
+        return np.asarray(r.x), np.asarray(r.hess)
+
+    def fit_batch(self, Y, reml: bool = True, *, start=None, chunk_size=None, memory_budget=2e9,
+                  progress=None, devices=None, dtype="float64", max_iter: int = 60):
+        """Fit B responses sharing this design in one compiled, vmap-batched program.
+
+        Parameters
+        ----------
+        Y : array [B, n_rows]
+            Responses aligned with the rows of the model's data; NaN marks a missing cell
+            (each replicate may have its own).
+        reml : bool
+        start : LMMResult, optional
+            A fit whose estimates and Hessian start every replicate (default: a full Newton fit
+            of the first replicate).
+        chunk_size, memory_budget : int, float
+            Replicates per compiled call (default: from ``memory_budget`` bytes, at most 4096).
+        progress : bool or None
+            tqdm progress bar over replicates (None: only when stderr is a terminal).
+        devices : list of jax devices, optional
+            Shard the replicate axis over these (default ``jax.devices()``).
+        dtype : "float64" or "float32"
+            float32 halves memory and is faster on GPUs, at a cost in accuracy
+            (see ``docs/batch.md``).
+
+        Returns
+        -------
+        BatchResult
+        """
+        from .batch import fit_batch_padded, responses_to_padded
+
+        y, m = responses_to_padded(self.info, Y)
+        B = y.shape[0]
+        shared = bool(np.all(m == m[:1]))
+        if start is not None:
+            theta0, hess0 = start._theta_u, np.asarray(start._opt.hess)
+        else:
+            theta0, hess0 = self._pilot(y[0], m[0], reml)
+
+        def source(idx):
+            return y[idx], (None if shared else m[idx])
+
+        return fit_batch_padded(
+            self, source, B, reml=reml, theta0=theta0, hess0=hess0, shared_mask=m[0] if shared else None,
+            chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, devices=devices,
+            dtype=jnp.dtype(dtype), max_iter=max_iter,
+        )
+
+    def simulate(self, params, n: int = 1, seed: int = 0) -> np.ndarray:
+        """Simulate ``n`` responses [n, n_rows] from given parameters (natural units).
+
+        ``params = {"fixef": {name: value}, "theta": {name: value}}`` with the names of
+        ``res.fixef`` and ``res.theta`` (or arrays in that order), e.g. for ``ar1``:
+        ``{"theta": {"sigma": 2.0, "rho": 0.5}}``.  Random effects are drawn too.  Rows not in
+        the model (missing covariates) are NaN; the response column need not exist.
+        Replicate r uses ``fold_in(PRNGKey(seed), r)``: identical whatever ``n``.
+        """
+        from .simulate import params_to_unconstrained, padded_to_rows, simulate_padded
+
+        beta, th = params_to_unconstrained(self, params)
+        a = self.arrays
+        m = np.zeros_like(np.asarray(a.m))
+        m[self.info.row_s, self.info.row_t] = 1.0  # every row with complete covariates
+        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(th), jnp.asarray(beta),
+                            jnp.asarray(a.X), jnp.asarray(a.Z), jnp.asarray(m), self.spec)
+        return padded_to_rows(self.info, y, m)
 
 
 def _neutral_start(spec, theta0):

@@ -254,6 +254,39 @@ class LMMResult:
             pred = pred + np.einsum("nk,nk->n", Zn, bb)
         return pred
 
+    # ---- simulation, refits, bootstrap ------------------------------------------------
+    def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
+        """Simulate ``n`` responses [n, n_rows] from the fitted model (random effects drawn too).
+
+        NaN where the data row had a missing response (or was not used), so a refit sees the
+        same missing pattern.  Replicate r uses ``fold_in(PRNGKey(seed), r)``."""
+        from .simulate import padded_to_rows, simulate_padded
+
+        a = self.model.arrays
+        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(self._theta_u), jnp.asarray(self._beta),
+                            jnp.asarray(a.X), jnp.asarray(a.Z), jnp.asarray(a.m), self.model.spec)
+        return padded_to_rows(self.info, y, np.asarray(a.m))
+
+    def refit(self, y) -> "LMMResult":
+        """Fit the same model to a new response vector (aligned with the data rows)."""
+        df = self.model.data.copy()
+        y = np.asarray(y, dtype=float).reshape(-1)
+        if len(y) != len(df):
+            raise ValueError(f"y must have {len(df)} values (one per data row), got {len(y)}")
+        df[self.info.formula.response] = y
+        from .model import Model
+
+        return Model(self.model.formula, df).fit(reml=self.reml)
+
+    def bootstrap(self, n: int = 1000, seed: int = 0, **kwargs):
+        """Parametric bootstrap: ``n`` datasets simulated from this fit, each refitted in
+        batched calls.  Returns a :class:`~jaxlmm.bootstrap.BootstrapResult` (``conf_int()``,
+        ``estimates``).  Keyword arguments go to the batch driver (``chunk_size``,
+        ``progress``, ``devices``, ``dtype``)."""
+        from .bootstrap import parametric_bootstrap
+
+        return parametric_bootstrap(self, n, seed, **kwargs)
+
     # ---- text -----------------------------------------------------------------------
     def summary(self) -> str:
         info = self.info

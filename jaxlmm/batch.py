@@ -1,0 +1,436 @@
+"""Fit many responses that share one design in one compiled, ``vmap``-batched program.
+
+Two evaluation paths, chosen automatically:
+
+* **patterns** (every replicate has the same missing cells, e.g. a parametric bootstrap):
+  subjects are grouped by visit pattern and random-effects rows; the X-only sums are computed
+  once and each replicate only contributes its response sums (see
+  :func:`jaxlmm.likelihood.deviance_patterns`).
+* **general** (replicates have their own missing cells, e.g. simulated dropout): the masked
+  per-subject likelihood of :func:`jaxlmm.likelihood.deviance`, vmapped.
+
+The optimiser is :func:`jaxlmm.optimize.bfgs_warm` started at a nearby optimum with the exact
+inverse Hessian there (replicates of one design have similar curvature), so an iteration needs
+only a value and a gradient.  Replicates that do not converge get a second attempt with the
+full Newton method from moment-based starting values; each replicate keeps its own status.
+
+Chunks: ``B`` is split into chunks of equal size (the last padded by repetition, so nothing
+recompiles); with several devices the replicate axis of each chunk is sharded over them with
+``jax.sharding`` (``NamedSharding`` over a 1-D mesh), which is how one scales to several GPUs,
+or hosts after ``jax.distributed.initialize()``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .likelihood import (
+    ModelData,
+    PatternDesign,
+    PatternLayout,
+    PatternResponse,
+    beta_vcov,
+    beta_vcov_patterns,
+    deviance,
+    deviance_patterns,
+    pattern_response,
+)
+from .optimize import BOUNDARY, CONVERGED, STATUS, bfgs_warm, psd_inverse
+
+__all__ = ["BatchResult", "fit_batch_padded", "pattern_design", "responses_to_padded"]
+
+
+# ------------------------------------------------------------------------------------------
+# host-side preparation
+# ------------------------------------------------------------------------------------------
+
+
+def pattern_design(data: ModelData, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, int]:
+    """Group subjects by (mask row, masked Z rows): the pattern design, its layout and K."""
+    X = np.asarray(data.X) * m[..., None]
+    Z = np.asarray(data.Z) * m[..., None]
+    S, T, p = X.shape
+    has = np.nonzero(m.sum(axis=1) > 0)[0]
+    key = np.concatenate([m, Z.reshape(S, -1)], axis=1)[has]
+    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    K = len(uniq)
+    K_pad = max(8, int(math.ceil(K / 8) * 8))
+    order = has[np.argsort(inv, kind="stable")]
+    counts = np.bincount(inv, minlength=K)
+    stops = np.cumsum(counts)
+    bounds = tuple((int(e - c), int(e)) for c, e in zip(counts, stops))
+    mK = np.zeros((K_pad, T))
+    mK[:K] = uniq[:, :T]
+    ZK = np.zeros((K_pad, T, Z.shape[2]))
+    ZK[:K] = uniq[:, T:].reshape(K, T, Z.shape[2])
+    n = np.zeros(K_pad)
+    n[:K] = counts
+    Xs = X[order]
+    XX = np.zeros((K_pad, T, T, p, p))
+    for k, (a, b) in enumerate(bounds):
+        XX[k] = np.einsum("stp,suq->tupq", Xs[a:b], Xs[a:b])
+    layout = PatternLayout(order=tuple(int(i) for i in order), bounds=bounds, K_pad=K_pad)
+    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs), layout, K
+
+
+def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> PatternResponse:
+    """numpy version of :func:`jaxlmm.likelihood.pattern_response` (one response, host side)."""
+    ys = (np.asarray(y) * m)[np.asarray(layout.order, dtype=int)]
+    T, p = pdes.XX.shape[1], pdes.XX.shape[-1]
+    Xy = np.zeros((layout.K_pad, T, T, p))
+    yy = np.zeros((layout.K_pad, T, T))
+    for k, (a, b) in enumerate(layout.bounds):
+        Xy[k] = np.einsum("stp,su->tup", pdes.Xs[a:b], ys[a:b])
+        yy[k] = ys[a:b].T @ ys[a:b]
+    return PatternResponse(Xy, yy)
+
+
+def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray]:
+    """``Y`` [B, n_rows] aligned with the input data rows -> padded y and masks [B, S_pad, T]."""
+    Y = np.asarray(Y, dtype=float)
+    if Y.ndim == 1:
+        Y = Y[None]
+    if Y.ndim != 2 or Y.shape[1] != info.n_rows_input:
+        raise DataError(
+            f"Y must have shape [B, {info.n_rows_input}] (one column per row of the model's data), "
+            f"got {list(Y.shape)}."
+        )
+    if np.isinf(Y).any():
+        raise DataError("Y has infinite values; use NaN for missing responses.")
+    B = Y.shape[0]
+    Yv = Y[:, info.row_index]
+    y = np.zeros((B, info.S_pad, info.T))
+    m = np.zeros((B, info.S_pad, info.T))
+    obs = ~np.isnan(Yv)
+    y[:, info.row_s, info.row_t] = np.where(obs, Yv, 0.0)
+    m[:, info.row_s, info.row_t] = obs
+    return y, m
+
+
+# ------------------------------------------------------------------------------------------
+# compiled batch programs
+# ------------------------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol"))
+def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol):
+    def one(th0, yb):
+        pr = pattern_response(yb, m, pdes, layout)
+        f = lambda th: deviance_patterns(th, pdes, pr, spec, reml, unroll=True)  # noqa: E731
+        r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+        beta, vcov = beta_vcov_patterns(r.x, pdes, pr, spec)
+        return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+
+    return jax.vmap(one)(theta0, y)
+
+
+@partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
+def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol):
+    def one(th0, yb, mb):
+        d = ModelData(yb * mb, mb, data.X * mb[..., None], data.Z * mb[..., None])
+        f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
+        r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+        beta, vcov = beta_vcov(r.x, d, spec)
+        return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+
+    return jax.vmap(one)(theta0, y, m)
+
+
+# ------------------------------------------------------------------------------------------
+# results
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    """Results of B fits stacked along a leading axis.
+
+    Attributes: ``fixef`` [B, p], ``se`` [B, p] (model-based SEs), ``theta`` [B, k] (natural
+    covariance parameters, names in ``theta_names``), ``theta_unconstrained``, ``deviance``,
+    ``loglik`` [B], ``status``, ``n_iter`` [B] and ``converged`` [B] (status 0 or 1).
+    """
+
+    fixef: np.ndarray
+    se: np.ndarray
+    theta: np.ndarray
+    theta_unconstrained: np.ndarray
+    deviance: np.ndarray
+    status: np.ndarray
+    n_iter: np.ndarray
+    fixef_names: list
+    theta_names: list
+    reml: bool
+    path: str
+    n_retried: int = 0
+
+    @property
+    def loglik(self) -> np.ndarray:
+        return -0.5 * self.deviance
+
+    @property
+    def converged(self) -> np.ndarray:
+        return (self.status == CONVERGED) | (self.status == BOUNDARY)
+
+    @property
+    def n(self) -> int:
+        return len(self.deviance)
+
+    def __len__(self):
+        return self.n
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per replicate: status, deviance, fixed effects, covariance parameters."""
+        df = pd.DataFrame(
+            {
+                "replicate": np.arange(self.n),
+                "status": [STATUS[int(s)] for s in self.status],
+                "converged": self.converged,
+                "n_iter": self.n_iter,
+                "deviance": self.deviance,
+                "loglik": self.loglik,
+            }
+        )
+        fe = pd.DataFrame(self.fixef, columns=self.fixef_names)
+        th = pd.DataFrame(self.theta, columns=self.theta_names)
+        return pd.concat([df, fe, th], axis=1)
+
+    def summary(self) -> str:
+        counts = pd.Series([STATUS[int(s)] for s in self.status]).value_counts()
+        lines = [f"BatchResult: {self.n} fits ({'REML' if self.reml else 'ML'}, {self.path} path)"]
+        lines += [f"  {k}: {v}" for k, v in counts.items()]
+        if self.n_retried:
+            lines.append(f"  retried with full Newton: {self.n_retried}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"<BatchResult B={self.n} converged={int(self.converged.sum())}>"
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------
+
+
+def _progress(total, enabled):
+    if enabled is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    disable = None if enabled is None else not enabled
+    if enabled is None and not sys.stderr.isatty():
+        disable = True
+    return tqdm(total=total, unit="fit", disable=disable, leave=False)
+
+
+def _mesh_sharding(devices):
+    if devices is None or len(devices) < 2:
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(devices), ("replicate",))
+    return NamedSharding(mesh, PartitionSpec("replicate"))
+
+
+def choose_chunk(B, per_replicate_bytes, memory_budget, n_dev, chunk_size=None):
+    if chunk_size is None:
+        chunk_size = max(1, int(memory_budget // max(per_replicate_bytes, 1)))
+        chunk_size = min(chunk_size, 4096)
+    chunk_size = max(1, min(int(chunk_size), B))
+    if n_dev > 1:
+        chunk_size = int(math.ceil(chunk_size / n_dev) * n_dev)
+    return chunk_size
+
+
+def fit_batch_padded(
+    model,
+    source,
+    B: int,
+    *,
+    reml: bool,
+    theta0: np.ndarray,
+    hess0: np.ndarray,
+    shared_mask: np.ndarray | None,
+    chunk_size: int | None = None,
+    memory_budget: float = 2e9,
+    max_iter: int = 60,
+    tol: float = 1e-11,
+    progress=None,
+    devices=None,
+    dtype=jnp.float64,
+    retry: bool = True,
+) -> BatchResult:
+    """Core driver.  ``source(idx)`` returns padded ``(y, m)`` [C, S_pad, T] for replicate
+    indices ``idx`` (``m`` may be None when ``shared_mask`` is given)."""
+    spec, info = model.spec, model.info
+    base = model.arrays
+    if devices is None:
+        devices = jax.devices()
+    n_dev = len(devices) if devices is not None else 1
+    sharding = _mesh_sharding(devices)
+    S, T = info.S_pad, info.T
+    p, q = base.X.shape[-1], base.Z.shape[-1]
+    use_patterns = shared_mask is not None
+    if use_patterns:
+        pdes, layout, K = pattern_design(base, shared_mask)
+        use_patterns = K <= max(info.S // 2, 8)
+    if use_patterns:
+        per = 8 * (S * T * 2 + pdes.m.shape[0] * T * T * (p + 2) * 6)
+        m_j = jnp.asarray(shared_mask, dtype)
+        pdes_j = PatternDesign(*(jnp.asarray(a, dtype) for a in pdes))
+    else:
+        per = 8 * S * T * (T * 6 + p * 3 + q + 4) * 3
+        data = ModelData(*(jnp.asarray(a, dtype) for a in base))
+    C = choose_chunk(B, per, memory_budget, n_dev, chunk_size)
+    n_chunks = int(math.ceil(B / C))
+    Binv0 = jnp.asarray(psd_inverse(jnp.asarray(hess0)), dtype)
+    th0 = jnp.asarray(np.broadcast_to(theta0, (C, len(theta0))), dtype)
+    reml_j = jnp.asarray(bool(reml))
+
+    out = {k: [] for k in ("x", "f", "it", "st", "beta", "se")}
+    bar = _progress(B, progress if n_chunks > 1 or progress else False)
+    for c in range(n_chunks):
+        idx = np.arange(c * C, (c + 1) * C)
+        idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
+        y, m = source(idx)
+        y = jnp.asarray(y, dtype)
+        if sharding is not None:
+            y = jax.device_put(y, sharding)
+        if use_patterns:
+            res = _batch_patterns(th0, Binv0, y, m_j, pdes_j, spec, layout, reml_j, max_iter, tol)
+        else:
+            m = jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
+            if sharding is not None:
+                m = jax.device_put(m, sharding)
+            res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol)
+        res = jax.device_get(res)
+        n_real = min(C, B - c * C)
+        for k, v in zip(out, res):
+            out[k].append(np.asarray(v)[:n_real])
+        if bar is not None:
+            bar.update(n_real)
+    if bar is not None:
+        bar.close()
+    x, f, it, st, beta, se = (np.concatenate(out[k]) for k in out)
+    x, f, beta, se = (np.asarray(a, dtype=np.float64) for a in (x, f, beta, se))
+    st = st.astype(np.int32)
+    n_retry = 0
+    if retry:
+        bad = np.nonzero(~np.isin(st, (CONVERGED, BOUNDARY)))[0]
+        if len(bad):
+            n_retry = len(bad)
+            _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
+    nat = np.asarray(jax.vmap(spec.natural)(jnp.asarray(x)))
+    return BatchResult(
+        fixef=beta,
+        se=se,
+        theta=nat,
+        theta_unconstrained=x,
+        deviance=f,
+        status=st,
+        n_iter=it.astype(np.int32),
+        fixef_names=list(info.fixed_names),
+        theta_names=spec.names(info.visit_labels),
+        reml=bool(reml),
+        path="patterns" if use_patterns else "general",
+        n_retried=n_retry,
+    )
+
+
+def _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter):
+    """Refit failed replicates one by one with the full Newton method (moment-based start)."""
+    from .model import _newton_fit
+
+    base = model.arrays
+    for i in bad:
+        y, m = source(np.array([i]))
+        mb = shared_mask if m is None else np.asarray(m[0])
+        d = ModelData(np.asarray(y[0]) * mb, mb, np.asarray(base.X) * mb[..., None], np.asarray(base.Z) * mb[..., None])
+        r, b, v, _ = _newton_fit(d, model.spec, reml, max_iter=max_iter)
+        if int(r.status) in (CONVERGED, BOUNDARY) or float(r.fun) < f[i]:
+            x[i], f[i], it[i], st[i] = np.asarray(r.x), float(r.fun), int(r.n_iter), int(r.status)
+            beta[i], se[i] = np.asarray(b), np.sqrt(np.diag(np.asarray(v)))
+
+
+@partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
+def _many_compiled(theta0, data, spec, reml, max_iter, tol):
+    from .optimize import newton
+
+    def one(th0, d):
+        f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
+        r = newton(f, th0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+        beta, vcov = beta_vcov(r.x, d, spec)
+        return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+
+    return jax.vmap(one)(theta0, data)
+
+
+def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) -> BatchResult:
+    """Fit one formula to several datasets with different designs in one compiled call.
+
+    Every dataset is turned into padded arrays, padded again to the largest number of
+    subjects, and the full Newton fits run under ``vmap``.  The datasets must give the same
+    fixed-effect columns and the same covariance structure (same visit levels), e.g.
+    simulation scenarios with different covariates or a nonparametric bootstrap that
+    resamples subjects (give resampled subjects new ids).
+
+    Examples
+    --------
+    >>> import jaxlmm as lmm
+    >>> sets = [lmm.simulate_longitudinal(30, 4, seed=s) for s in range(3)]
+    >>> batch = lmm.fit_many("y ~ time + arm + ar1(visit | subject)", sets)
+    >>> batch.fixef.shape, bool(batch.converged.all())
+    ((3, 3), True)
+    """
+    from .design import build_design
+    from .model import start_values
+
+    built = [build_design(formula, d) for d in datasets]
+    if not built:
+        raise DataError("fit_many needs at least one dataset.")
+    _, spec0, info0 = built[0]
+    for i, (_, spec, info) in enumerate(built[1:], start=1):
+        if info.fixed_names != info0.fixed_names or spec != spec0:
+            raise DataError(
+                f"Dataset {i} gives a different model than dataset 0 (fixed effects {info.fixed_names} vs "
+                f"{info0.fixed_names}, or other visit levels/structure); fit_many needs one model for all."
+            )
+    S = max(info.S_pad for _, _, info in built)
+
+    def pad(a):
+        out = np.zeros((S,) + a.shape[1:])
+        out[: a.shape[0]] = a
+        return out
+
+    arrays = [ModelData(*(pad(np.asarray(x)) for x in arr)) for arr, _, _ in built]
+    stacked = ModelData(*(jnp.asarray(np.stack([getattr(a, f) for a in arrays])) for f in ModelData._fields))
+    th0 = jnp.asarray(np.stack([start_values(a, spec0) for a in arrays]))
+    x, f, it, st, beta, se = jax.device_get(
+        _many_compiled(th0, stacked, spec0, jnp.asarray(bool(reml)), int(max_iter), 1e-11)
+    )
+    x = np.asarray(x)
+    nat = np.asarray(jax.vmap(spec0.natural)(jnp.asarray(x)))
+    return BatchResult(
+        fixef=np.asarray(beta),
+        se=np.asarray(se),
+        theta=nat,
+        theta_unconstrained=x,
+        deviance=np.asarray(f),
+        status=np.asarray(st).astype(np.int32),
+        n_iter=np.asarray(it).astype(np.int32),
+        fixef_names=list(info0.fixed_names),
+        theta_names=spec0.names(info0.visit_labels),
+        reml=bool(reml),
+        path="designs",
+    )

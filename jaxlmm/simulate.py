@@ -1,0 +1,86 @@
+"""Simulate responses from a model: ``y_i = X_i beta + Z_i b_i + e_i``.
+
+Replicate ``r`` draws from ``jax.random.fold_in(PRNGKey(seed), r)`` (counter-based keys), so
+it is the same whatever the batch size, the chunking or the number of devices.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["simulate_padded", "padded_to_rows", "params_to_unconstrained"]
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def simulate_padded(seed, idx, theta, beta, X, Z, m, spec):
+    """Padded responses [len(idx), S, T] (0 where ``m`` is 0) for replicate indices ``idx``."""
+    key = jax.random.PRNGKey(seed)
+    LR = jnp.linalg.cholesky(spec.R(theta))
+    mu = jnp.einsum("stp,p->st", X, beta)
+    S, T = m.shape
+    LG = spec.G_chol(theta) if spec.q else None
+
+    def one(i):
+        k = jax.random.fold_in(key, i)
+        ke, kb = jax.random.split(k)
+        y = mu + jax.random.normal(ke, (S, T), dtype=X.dtype) @ LR.T
+        if spec.q:
+            b = jax.random.normal(kb, (S, spec.q), dtype=X.dtype) @ LG.T
+            y = y + jnp.einsum("stk,sk->st", Z, b)
+        return y * m
+
+    return jax.vmap(one)(idx)
+
+
+def padded_to_rows(info, y, m) -> np.ndarray:
+    """Padded [B, S, T] -> [B, n_rows] aligned with the input data (NaN where not simulated)."""
+    y, m = np.asarray(y), np.asarray(m)
+    B = y.shape[0]
+    out = np.full((B, info.n_rows_input), np.nan)
+    vals = y[:, info.row_s, info.row_t]
+    obs = m[info.row_s, info.row_t] > 0 if m.ndim == 2 else m[:, info.row_s, info.row_t] > 0
+    out[:, info.row_index] = np.where(obs, vals, np.nan)
+    return out
+
+
+def params_to_unconstrained(model, params) -> tuple[np.ndarray, np.ndarray]:
+    """``{"fixef": {...} or array, "theta": {...} or array}`` in natural units ->
+    (beta, unconstrained theta).  Names are those of ``res.fixef`` and ``res.theta``."""
+    info, spec = model.info, model.spec
+    names_b = list(info.fixed_names)
+    names_t = spec.names(info.visit_labels)
+    if not isinstance(params, dict) or "fixef" not in params or "theta" not in params:
+        raise DataError(
+            "params must be a dict with 'fixef' and 'theta', e.g. "
+            f"{{'fixef': {{{', '.join(repr(n) + ': ...' for n in names_b[:2])}}}, "
+            f"'theta': {{{', '.join(repr(n) + ': ...' for n in names_t[:2])}}}}}."
+        )
+
+    def vec(v, names, what):
+        if isinstance(v, dict) or hasattr(v, "to_dict"):
+            v = dict(v)
+            missing = [n for n in names if n not in v]
+            extra = [n for n in v if n not in names]
+            if missing or extra:
+                raise DataError(f"{what}: missing {missing}, unknown {extra}; expected names {names}.")
+            return np.array([float(v[n]) for n in names])
+        v = np.asarray(v, dtype=float).reshape(-1)
+        if len(v) != len(names):
+            raise DataError(f"{what} needs {len(names)} values in the order {names}, got {len(v)}.")
+        return v
+
+    beta = vec(params["fixef"], names_b, "fixef")
+    nat = vec(params["theta"], names_t, "theta")
+    for n, v in zip(names_t, nat):
+        if (n.startswith("sd[") or n == "sigma") and not v >= 0:
+            raise DataError(f"theta {n!r} is a standard deviation and must be >= 0, got {v}.")
+        if (n.startswith("corr[") or n == "rho") and not -1 < v < 1:
+            raise DataError(f"theta {n!r} is a correlation and must lie in (-1, 1), got {v}.")
+    nat = np.where([(n.startswith("sd[") and "|" not in n) or n == "sigma" for n in names_t], np.maximum(nat, 1e-12), nat)
+    return beta, spec.from_natural(nat)
