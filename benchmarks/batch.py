@@ -1,0 +1,194 @@
+"""Batched fits: parametric bootstrap throughput, jaxlmm vs an R refit loop, same data, same run.
+
+    python benchmarks/batch.py                 # all workloads, R peers when installed
+    python benchmarks/batch.py --quick         # smaller B, skip the 100,000 scaling point
+    python benchmarks/batch.py --no-r          # jaxlmm only
+
+Workloads (issue 3):
+  fev UN     : fev_data-size MMRM, 11 fixed effects, UN over 4 visits (../shared/data/fev_data.csv
+               when present, else a simulated 200 x 4 trial), parametric bootstrap, B = 1000;
+               peer: nlme::gls (corSymm + varIdent) refit loop.
+  AR(1)      : 200 subjects x 6 visits, B = 1000; peer: nlme::gls corAR1 refit loop.
+  RI + slope : (time | subject), 200 x 6, B = 1000; peer: lme4::refit loop (what bootMer does).
+  scaling    : fev UN bootstrap for B = 100, 1,000, 10,000, 100,000: fits/s and peak memory.
+
+Our time is measured after compilation (a first call with the same shapes); compile time is
+reported apart.  The R loop refits a subset of the same simulated responses (--r-reps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax  # noqa: E402
+
+import jaxlmm as lmm  # noqa: E402
+
+SHARED_FEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "fev_data.csv"
+
+
+def fev_workload():
+    if SHARED_FEV.exists():
+        df = pd.read_csv(SHARED_FEV)
+        src = "fev_data.csv"
+    else:
+        df = lmm.simulate_longitudinal(200, 4, seed=1, cov="un", n_arms=2, missing="monotone", missing_rate=0.5)
+        df = df.rename(columns={"y": "FEV1", "visit": "AVISIT", "subject": "USUBJID", "arm": "ARMCD", "sex": "SEX"})
+        df["RACE"] = np.where(df.x > 0.4, "White", np.where(df.x < -0.4, "Asian", "Black"))
+        src = "simulated 200 x 4"
+    return ("fev UN", df, "FEV1 ~ RACE + SEX + ARMCD * AVISIT + un(AVISIT | USUBJID)", src)
+
+
+def ar1_workload():
+    df = lmm.simulate_longitudinal(200, 6, seed=2, cov="ar1", rho=0.6, missing="monotone", missing_rate=0.3)
+    return ("AR(1)", df, "y ~ time * arm + x + ar1(visit | subject)", "simulated 200 x 6")
+
+
+def slope_workload():
+    df = lmm.simulate_longitudinal(200, 6, seed=3, cov="id", sd=1.0, re_sd=(1.5, 0.5), re_corr=0.2,
+                                   missing="monotone", missing_rate=0.3)
+    return ("RI + slope", df, "y ~ time + arm + x + (time | subject)", "simulated 200 x 6")
+
+
+R_CODE = {
+    "fev UN": """
+library(nlme)
+df$AVISIT <- factor(df$AVISIT); df$USUBJID <- factor(df$USUBJID)
+df$RACE <- factor(df$RACE); df$SEX <- factor(df$SEX); df$ARMCD <- factor(df$ARMCD)
+df$vi <- as.integer(df$AVISIT)
+fitone <- function(d) gls(FEV1 ~ RACE + SEX + ARMCD * AVISIT, data = d, method = "REML",
+  correlation = corSymm(form = ~ vi | USUBJID), weights = varIdent(form = ~ 1 | AVISIT), na.action = na.omit)
+""",
+    "AR(1)": """
+library(nlme)
+df$visit <- factor(df$visit); df$subject <- factor(df$subject); df$arm <- factor(df$arm)
+df$vi <- as.integer(df$visit)
+fitone <- function(d) gls(y ~ time * arm + x, data = d, method = "REML",
+  correlation = corAR1(form = ~ vi | subject), na.action = na.omit)
+""",
+    "RI + slope": """
+suppressMessages(library(lme4))
+df$subject <- factor(df$subject); df$arm <- factor(df$arm)
+base <- lmer(y ~ time + arm + x + (time | subject), data = df[!is.na(df$y), ], REML = TRUE)
+fitone <- function(d) refit(base, d$y[!is.na(df$y)])
+""",
+}
+
+
+def r_loop(name, df, Y, yname, reps):
+    """Seconds per refit of an R loop over ``reps`` of our simulated responses (None if no R)."""
+    if shutil.which("Rscript") is None:
+        return None, "R not installed"
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        df.to_csv(d / "data.csv", index=False)
+        np.savetxt(d / "Y.csv", Y[:reps], delimiter=",")
+        script = f"""
+df <- read.csv("{d / 'data.csv'}")
+Y <- as.matrix(read.csv("{d / 'Y.csv'}", header = FALSE))
+{R_CODE[name]}
+d <- df; d${yname} <- Y[1, ]; invisible(fitone(d))   # warm-up
+t0 <- proc.time()[["elapsed"]]
+for (i in seq_len(nrow(Y))) {{ d <- df; d${yname} <- Y[i, ]; invisible(fitone(d)) }}
+cat(sprintf("%.6f\\n", (proc.time()[["elapsed"]] - t0) / nrow(Y)))
+"""
+        (d / "run.R").write_text(script)
+        try:
+            out = subprocess.run(["Rscript", str(d / "run.R")], capture_output=True, text=True, timeout=1800)
+        except subprocess.TimeoutExpired:
+            return None, "R timed out"
+        if out.returncode != 0:
+            return None, "R failed: " + out.stderr.strip().splitlines()[-1][:120]
+        return float(out.stdout.strip().splitlines()[-1]), "R loop"
+
+
+def peak_mem_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(name, df, formula, B, repeats=1):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = lmm.fit(formula, df)
+        t0 = time.perf_counter()
+        res.bootstrap(n=min(B, 4096), seed=99, progress=False)  # compiles (same chunk shape as the run)
+        t_first = time.perf_counter() - t0
+        best = np.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            boot = res.bootstrap(n=B, seed=1, progress=False)
+            best = min(best, time.perf_counter() - t0)
+    per_chunk = best * min(B, 4096) / B
+    compile_s = max(t_first - per_chunk, 0.0)
+    return res, boot, best, compile_s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-r", action="store_true")
+    ap.add_argument("--r-reps", type=int, default=30)
+    ap.add_argument("-B", type=int, default=1000)
+    args = ap.parse_args()
+
+    dev = jax.devices()[0]
+    print(f"# jaxlmm batch benchmark  {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"# device: {dev.platform} {dev.device_kind} x{len(jax.devices())}, cpus: {os.cpu_count()}, "
+          f"jax {jax.__version__}, python {platform.python_version()}")
+    B = 200 if args.quick else args.B
+    rows = []
+    for name, df, formula, src in (fev_workload(), ar1_workload(), slope_workload()):
+        res, boot, secs, compile_s = bench(name, df, formula, B, repeats=1 if args.quick else 2)
+        ours = B / secs
+        peer, note = (None, "skipped")
+        if not args.no_r:
+            Y = res.simulate(n=args.r_reps, seed=1)
+            peer, note = r_loop(name, df, Y, res.info.formula.response, args.r_reps)
+        rows.append({
+            "workload": f"{name} ({src})", "B": B, "ours fits/s": ours, "compile s": compile_s,
+            "failed": boot.n_failed, "peer": note,
+            "peer fits/s": (1 / peer) if peer else np.nan,
+            "ratio": (ours * peer) if peer else np.nan,
+            "path": boot.batch.path,
+        })
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1, float_format=lambda v: f"{v:.1f}"),
+              flush=True)
+    print()
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+
+    print("\n# scaling: fev UN parametric bootstrap")
+    name, df, formula, _ = fev_workload()
+    sizes = [100, 1000, 10000] + ([] if args.quick else [100000])
+    srows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = lmm.fit(formula, df)
+        for b in sizes:
+            res.bootstrap(n=min(b, 4096), seed=98, progress=False)  # compile for this chunk shape
+            t0 = time.perf_counter()
+            boot = res.bootstrap(n=b, seed=1, progress=False)
+            dt = time.perf_counter() - t0
+            srows.append({"B": b, "seconds": dt, "fits/s": b / dt, "failed": boot.n_failed,
+                          "peak RSS MB": peak_mem_mb()})
+            print(pd.DataFrame(srows[-1:]).to_string(index=False, header=len(srows) == 1,
+                                                     float_format=lambda v: f"{v:,.1f}"), flush=True)
+    print(json.dumps({"workloads": rows, "scaling": srows}, default=float))
+
+
+if __name__ == "__main__":
+    main()
