@@ -143,7 +143,8 @@ class Model:
         self.arrays, self.spec, self.info = build_design(formula, data, require_response=False)
         self.has_response = self.info.formula.response in data.columns
 
-    def fit(self, reml: bool = True, *, start=None, max_iter: int = 200, tol: float = 1e-11, warn: bool = True):
+    def fit(self, reml: bool = True, *, ddf: str = "satterthwaite", start=None, max_iter: int = 200,
+            tol: float = 1e-11, warn: bool = True):
         """Fit by REML (default) or ML.  Returns an :class:`~jaxlmm.results.LMMResult`.
 
         ``start`` optionally gives unconstrained starting values.  A fit that does not converge
@@ -161,6 +162,8 @@ class Model:
         status = int(res.status)
         out = LMMResult(self, bool(reml), res, np.asarray(beta), np.asarray(vcov))
         out.likelihood_path = path
+        if ddf != "satterthwaite":
+            out = out.with_ddf(ddf)
         if warn and status == BOUNDARY:
             warnings.warn(
                 "boundary (singular) fit: a random-effects variance is ~0 or a correlation is ~+-1; "

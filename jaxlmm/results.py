@@ -50,7 +50,7 @@ class LMMResult:
         self.n_groups = info.n_groups
         self.p = len(info.fixed_names)
         self.n_theta = model.spec.n_theta
-        self.ddf_method = "residual"
+        self.ddf_method = "satterthwaite"
 
     # ---- fit statistics -------------------------------------------------------------
     @property
@@ -99,7 +99,25 @@ class LMMResult:
         return self.n_obs - self.p
 
     def _df(self):
-        return np.full(self.p, float(self.df_residual))
+        if self.ddf_method == "residual":
+            return np.full(self.p, float(self.df_residual))
+        from .inference import satterthwaite_df
+
+        return np.array([satterthwaite_df(self, row) for row in np.eye(self.p)])
+
+    def with_ddf(self, method: str) -> "LMMResult":
+        """The same fit with another denominator-df method (no refit): ``"satterthwaite"``
+        (default) or ``"residual"`` (``N - p``)."""
+        import copy
+
+        from .inference import DDF_METHODS
+
+        method = str(method).lower().replace("_", "-")
+        if method not in DDF_METHODS:
+            raise ValueError(f"ddf must be one of {DDF_METHODS}, not {method!r}")
+        out = copy.copy(self)
+        out.ddf_method = method
+        return out
 
     @property
     def coef_table(self) -> pd.DataFrame:
@@ -325,7 +343,7 @@ class LMMResult:
         for nm, v in th.items():
             lines.append(f"  {nm:<{w}}{v:12.6g}")
         lines.append("")
-        df_note = "residual df (N - p)" if self.ddf_method == "residual" else self.ddf_method
+        df_note = {"residual": "residual df (N - p)", "satterthwaite": "Satterthwaite"}.get(self.ddf_method, self.ddf_method)
         lines.append(f"Fixed effects (df: {df_note})")
         ct = self.coef_table
         w = max(max(len(n) for n in ct.index), 8) + 2

@@ -51,7 +51,8 @@ def test_result_attributes(un_fit, trial):
     assert list(ct.columns) == ["estimate", "std_error", "df", "t_value", "p_value", "ci_lower", "ci_upper"]
     assert list(ct.index) == list(r.fixef.index) == list(r.vcov.index)
     np.testing.assert_allclose(ct.std_error, np.sqrt(np.diag(r.vcov)))
-    np.testing.assert_allclose(ct.df, r.n_obs - len(ct))
+    np.testing.assert_allclose(r.with_ddf("residual").coef_table.df, r.n_obs - len(ct))
+    assert (ct.df < r.n_obs - len(ct)).all() and (ct.df > 50).all()  # Satterthwaite by default
     assert ct.loc["(Intercept)", "ci_lower"] < ct.loc["(Intercept)", "estimate"] < ct.loc["(Intercept)", "ci_upper"]
     assert list(r.theta.index[:5]) == [f"sd[VIS{i}]" for i in range(1, 6)]
     assert "corr[VIS1,VIS2]" in r.theta.index
@@ -110,7 +111,7 @@ def test_predict(re_fit, re_data):
 def test_summary_text(un_fit, re_fit):
     s = un_fit.summary()
     for piece in ["REML", "UN", "-2 Res Log Likelihood", "AIC", "BIC", "sd[VIS1]", "ARMCD[T.TRT]",
-                  "residual df", "Rows dropped for missing values", "converged"]:
+                  "Satterthwaite", "Rows dropped for missing values", "converged"]:
         assert piece in s, piece
     assert "sd[(Intercept)|subject]" in re_fit.summary()
     assert "REML" in repr(un_fit)
@@ -210,3 +211,11 @@ def test_cli_fit_json(tmp_path, capsys):
     assert out["method"] == "REML" and out["converged"]
     assert main(["fit", str(path), "y ~ tme + ar1(visit | subject)"]) == 2
     assert "tme" in capsys.readouterr().err
+
+
+def test_with_ddf_switches_without_refit(un_fit):
+    r = un_fit.with_ddf("residual")
+    assert r is not un_fit and r.deviance == un_fit.deviance
+    assert "residual df" in r.summary() and un_fit.ddf_method == "satterthwaite"
+    with pytest.raises(ValueError, match="ddf"):
+        un_fit.with_ddf("containment")
