@@ -111,6 +111,13 @@ class Identity(_Structure):
     def start(self, S):
         return np.array([0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8))])
 
+    # SAS-style covariance parameters (used by Kenward-Roger): sigma^2
+    def sas_params(self, theta):
+        return jnp.exp(2 * theta[:1])
+
+    def sas_matrix(self, phi):
+        return phi[0] * jnp.eye(self.T)
+
 
 @dataclass(frozen=True)
 class Diag(_Structure):
@@ -135,6 +142,12 @@ class Diag(_Structure):
 
     def start(self, S):
         return np.log(_safe_sd(S))
+
+    def sas_params(self, theta):
+        return jnp.exp(2 * theta)
+
+    def sas_matrix(self, phi):
+        return jnp.diag(phi)
 
 
 def _cs_lower(T):
@@ -179,6 +192,14 @@ class CS(_Structure):
         lo = _cs_lower(self.T)
         return (rho > 1 - 1e-6) | (rho < lo + 1e-6)
 
+    def sas_params(self, theta):  # SAS CS: common covariance, Residual
+        v = jnp.exp(2 * theta[0])
+        rho = self._rho(theta[1])
+        return jnp.stack([v * rho, v * (1 - rho)])
+
+    def sas_matrix(self, phi):
+        return phi[1] * jnp.eye(self.T) + phi[0]
+
 
 @dataclass(frozen=True)
 class CSH(_Structure):
@@ -212,6 +233,14 @@ class CSH(_Structure):
     def is_boundary(self, theta):
         return CS(self.T).is_boundary(jnp.stack([theta[0], theta[self.T]]))
 
+    def sas_params(self, theta):  # Var(i), CSH
+        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), CS(self.T)._rho(theta[self.T])[None]])
+
+    def sas_matrix(self, phi):
+        sd = jnp.sqrt(phi[: self.T])
+        rho = phi[self.T]
+        return ((1 - rho) * jnp.eye(self.T) + rho) * sd[:, None] * sd[None, :]
+
 
 @dataclass(frozen=True)
 class AR1(_Structure):
@@ -240,6 +269,12 @@ class AR1(_Structure):
 
     def is_boundary(self, theta):
         return jnp.abs(jnp.tanh(theta[1])) > 1 - 1e-6
+
+    def sas_params(self, theta):  # Residual, AR(1)
+        return jnp.stack([jnp.exp(2 * theta[0]), jnp.tanh(theta[1])])
+
+    def sas_matrix(self, phi):
+        return phi[0] * _lag_powers(phi[1], self.T)
 
 
 @dataclass(frozen=True)
@@ -270,6 +305,13 @@ class ARH1(_Structure):
 
     def is_boundary(self, theta):
         return jnp.abs(jnp.tanh(theta[self.T])) > 1 - 1e-6
+
+    def sas_params(self, theta):  # Var(i), ARH(1)
+        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), jnp.tanh(theta[self.T])[None]])
+
+    def sas_matrix(self, phi):
+        sd = jnp.sqrt(phi[: self.T])
+        return _lag_powers(phi[self.T], self.T) * sd[:, None] * sd[None, :]
 
 
 @dataclass(frozen=True)
@@ -332,6 +374,19 @@ class UN(_Structure):
         d = np.sqrt(np.diag(C))
         C = C / np.outer(d, d)
         return self._theta_from_cov(C * np.outer(sd, sd))
+
+    def sas_params(self, theta):  # UN(i,j), lower triangle row by row
+        rows, cols = np.tril_indices(self.T)
+        return self.matrix(theta)[rows, cols]
+
+    def sas_matrix(self, phi):
+        return _sym_from_tril(phi, self.T)
+
+
+def _sym_from_tril(phi, n):
+    rows, cols = np.tril_indices(n)
+    M = jnp.zeros((n, n), dtype=phi.dtype).at[rows, cols].set(phi)
+    return M + M.T - jnp.diag(jnp.diag(M))
 
 
 def _diag_positions(T):
@@ -425,6 +480,17 @@ class RandomBlock:
         L = np.diag(sd)
         rows, cols = np.tril_indices(self.k)
         return L[rows, cols]
+
+    def sas_params(self, theta):
+        """Variances and covariances of G (lower triangle row by row; variances only for ``||``)."""
+        G = self.matrix(theta)
+        if not self.correlated:
+            return jnp.diag(G)
+        rows, cols = np.tril_indices(self.k)
+        return G[rows, cols]
+
+    def sas_matrix(self, phi):
+        return _sym_from_tril(phi, self.k) if self.correlated else jnp.diag(phi)
 
     def is_boundary(self, theta, scale):
         """Singular fit: a diagonal entry of the Cholesky factor below 1e-4 times the residual

@@ -29,7 +29,7 @@ from .likelihood import beta_vcov
 
 __all__ = ["DDF_METHODS", "satterthwaite_pieces", "satterthwaite_df", "satterthwaite_df_multi"]
 
-DDF_METHODS = ("satterthwaite", "residual")
+DDF_METHODS = ("satterthwaite", "kenward-roger", "kenward-roger-linear", "residual")
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -75,3 +75,120 @@ def satterthwaite_df_multi(result, L) -> float:
     if E <= q:
         return float("nan")
     return float(2 * E / (E - q))
+
+
+# ------------------------------------------------------------------------------------------
+# Kenward-Roger
+# ------------------------------------------------------------------------------------------
+#
+# In the variance-covariance parameters phi of SAS / pbkrtest (UN(i,j), CS + Residual, G
+# entries and sigma^2: V linear in phi; sigma^2 and rho for AR(1), ...), with V_r = dV/dphi_r:
+#
+#   P_r  = -X'V^-1 V_r V^-1 X,   Q_rs = X'V^-1 V_r V^-1 V_s V^-1 X,   R_rs = X'V^-1 V_rs V^-1 X
+#   W    = I_E^-1,  I_E[r,s] = 1/2 tr(Pi V_r Pi V_s),  Pi = V^-1 - V^-1 X Phi X' V^-1  (REML)
+#   Lambda = Phi [sum_rs W_rs (Q_rs - P_r Phi P_s - R_rs / 4)] Phi,    Phi_A = Phi + 2 Lambda
+#
+# (Kenward and Roger 1997; "linear": R_rs = 0, SAS ddfm=kr(linear), mmrm
+# "Kenward-Roger-Linear").  For an l-row hypothesis L (p x l here), Theta = L (L'Phi L)^-1 L':
+#
+#   A1 = sum W_rs tr(Theta Phi P_r Phi) tr(Theta Phi P_s Phi),
+#   A2 = sum W_rs tr(Theta Phi P_r Phi Theta Phi P_s Phi),
+#   B = (A1 + 6 A2) / (2 l),  g = ((l+1) A1 - (l+4) A2) / ((l+2) A2),
+#   c1 = g / (3l + 2(1-g)),  c2 = (l-g) / (3l + 2(1-g)),  c3 = (l+2-g) / (3l + 2(1-g)),
+#   E = 1 / (1 - A2/l),  V = 2/l (1 + c1 B) / ((1 - c2 B)^2 (1 - c3 B)),  rho = V / (2 E^2),
+#   m = 4 + (l+2) / (l rho - 1),  lambda = m / (E (m - 2)),
+#   F = (L'beta)' (L' Phi_A L)^-1 (L'beta) / l,  lambda F ~ F(l, m).
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _kr_pieces(phi, data, spec):
+    from .likelihood import ModelData  # noqa: F401
+
+    m = data.m
+    mm = m[:, :, None] * m[:, None, :]
+    eye = jnp.eye(spec.T, dtype=phi.dtype)
+
+    def vmat(ph):
+        G, R = spec.sas_matrices(ph)
+        V = jnp.broadcast_to(R, m.shape + (spec.T,))
+        if spec.q:
+            V = V + jnp.einsum("stk,kl,sul->stu", data.Z, G, data.Z)
+        return mm * V
+
+    V = vmat(phi) + eye * (1.0 - m)[:, :, None]
+    dV = jax.jacfwd(vmat)(phi)  # [S, T, T, r]
+    d2V = jax.jacfwd(jax.jacfwd(vmat))(phi)  # [S, T, T, r, s]
+    L = jnp.linalg.cholesky(V)
+    Vinv = jax.scipy.linalg.cho_solve((L, True), jnp.broadcast_to(eye, V.shape)) * mm
+    VX = jnp.einsum("itu,iup->itp", Vinv, data.X)  # V^-1 X (i subjects, t/u/v visits)
+    A = jnp.einsum("itp,itq->pq", data.X, VX)
+    Phi = jnp.linalg.inv(A)
+    P = -jnp.einsum("itp,itur,iuq->rpq", VX, dV, VX)
+    VrVinv = jnp.einsum("itur,iuv->itvr", dV, Vinv)  # V_r V^-1
+    Q = jnp.einsum("itp,itur,iuv,ivws,iwq->rspq", VX, dV, Vinv, dV, VX)
+    R2 = jnp.einsum("itp,iturs,iuq->rspq", VX, d2V, VX)
+    tr1 = jnp.einsum("itur,iuts->rs", VrVinv, VrVinv)  # sum_i tr(V^-1 V_r V^-1 V_s)
+    trPP = jnp.einsum("pq,rqa,ab,sbp->rs", Phi, P, Phi, P)
+    trPhiQ = jnp.einsum("pq,rsqp->rs", Phi, Q)
+    IE = 0.5 * (tr1 - 2 * trPhiQ + trPP)
+    return Phi, P, Q, R2, IE
+
+
+class KenwardRoger:
+    """Kenward-Roger pieces of a fit: adjusted covariance and df for hypotheses."""
+
+    def __init__(self, result, linear: bool = False, information: str = "expected"):
+        from .model import _to_jax
+
+        spec = result.model.spec
+        th = jnp.asarray(result._theta_u)
+        phi = spec.sas_params(th)
+        Phi, P, Q, R2, IE = (np.asarray(a) for a in _kr_pieces(phi, _to_jax(result.model.arrays), spec))
+        if information == "expected":
+            W = np.linalg.pinv(0.5 * (IE + IE.T), rcond=1e-12, hermitian=True)
+        else:  # observed: 2 H^-1 of -2 log L, carried from theta to phi by the delta method
+            J = np.asarray(jax.jacfwd(spec.sas_params)(th))
+            H = np.asarray(result._opt.hess)
+            W = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
+        inner = np.einsum("rs,rspq->pq", W, Q) - np.einsum("rs,rpa,ab,sbq->pq", W, P, Phi, P)
+        if not linear:
+            inner = inner - 0.25 * np.einsum("rs,rspq->pq", W, R2)
+        Lam = Phi @ inner @ Phi
+        self.Phi, self.P, self.W = Phi, P, W
+        self.PhiA = Phi + 2 * Lam
+        self.PhiA = 0.5 * (self.PhiA + self.PhiA.T)
+        self.beta = np.asarray(result._beta)
+
+    def test(self, L):
+        """(F, num_df, den_df, scale lambda) for ``L beta = 0`` (L: l x p)."""
+        L = np.atleast_2d(np.asarray(L, dtype=float)).T  # p x l
+        ell = L.shape[1]
+        Phi, P, W = self.Phi, self.P, self.W
+        Theta = L @ np.linalg.solve(L.T @ Phi @ L, L.T)
+        M = np.einsum("pq,qa,rab,bc->rpc", Theta, Phi, P, Phi)  # Theta Phi P_r Phi
+        tr = np.einsum("rpp->r", M)
+        A1 = tr @ W @ tr
+        A2 = np.einsum("rs,rpq,sqp->", W, M, M)
+        B = (A1 + 6 * A2) / (2 * ell)
+        g = ((ell + 1) * A1 - (ell + 4) * A2) / ((ell + 2) * A2)
+        den = 3 * ell + 2 * (1 - g)
+        c1, c2, c3 = g / den, (ell - g) / den, (ell + 2 - g) / den
+        E = 1.0 / (1 - A2 / ell)
+        V = 2.0 / ell * (1 + c1 * B) / ((1 - c2 * B) ** 2 * (1 - c3 * B))
+        rho = V / (2 * E * E)
+        m = 4 + (ell + 2) / (ell * rho - 1)
+        lam = m / (E * (m - 2))
+        Lb = L.T @ self.beta
+        F = float(Lb @ np.linalg.solve(L.T @ self.PhiA @ L, Lb)) / ell
+        return lam * F, ell, float(m), float(lam)
+
+    def df(self, c) -> float:
+        return self.test(np.asarray(c, dtype=float)[None])[2]
+
+
+def kenward_roger(result, linear: bool = False, information: str = "expected") -> KenwardRoger:
+    cache = result.__dict__.setdefault("_cache", {})
+    key = ("kr", linear, information)
+    if key not in cache:
+        cache[key] = KenwardRoger(result, linear=linear, information=information)
+    return cache[key]

@@ -109,6 +109,33 @@ class ModelSpec:
             out += b.names()
         return out + self.resid.names(visits)
 
+    # SAS-style (variance-covariance) parameters, linear for UN, CS and random effects: the
+    # parameterisation in which Kenward-Roger is defined (as SAS and pbkrtest)
+    def _sas_slices(self):
+        out, i = [], 0
+        for b in self.blocks:
+            n = b.k * (b.k + 1) // 2 if b.correlated else b.k
+            out.append(slice(i, i + n))
+            i += n
+        n = self.resid.n_params
+        return out, slice(i, i + n)
+
+    def sas_params(self, theta):
+        sl, sr = self._slices()
+        parts = [b.sas_params(theta[s]) for b, s in zip(self.blocks, sl)]
+        return jnp.concatenate(parts + [self.resid.sas_params(theta[sr])])
+
+    def sas_matrices(self, phi):
+        """(G, R) from SAS-style parameters."""
+        sl, sr = self._sas_slices()
+        q = self.q
+        G = jnp.zeros((q, q), dtype=phi.dtype)
+        i = 0
+        for b, s in zip(self.blocks, sl):
+            G = G.at[i : i + b.k, i : i + b.k].set(b.sas_matrix(phi[s]))
+            i += b.k
+        return G, self.resid.sas_matrix(phi[sr])
+
     def is_degenerate(self, theta, theta0):
         """The residual variance collapsed (below 1e-12 of where the fit started): the
         likelihood is unbounded, e.g. the fixed effects fit the response exactly."""

@@ -51,6 +51,7 @@ class LMMResult:
         self.p = len(info.fixed_names)
         self.n_theta = model.spec.n_theta
         self.ddf_method = "satterthwaite"
+        self.kr_information = "auto"
 
     # ---- fit statistics -------------------------------------------------------------
     @property
@@ -91,8 +92,9 @@ class LMMResult:
 
     @property
     def vcov(self) -> pd.DataFrame:
+        """Covariance of beta: (X'V^-1X)^-1, or its Kenward-Roger adjustment under KR."""
         n = self.info.fixed_names
-        return pd.DataFrame(self._vcov, index=n, columns=n)
+        return pd.DataFrame(self._vcov_used(), index=n, columns=n)
 
     @property
     def df_residual(self) -> int:
@@ -101,13 +103,36 @@ class LMMResult:
     def _df(self):
         if self.ddf_method == "residual":
             return np.full(self.p, float(self.df_residual))
+        if self.ddf_method.startswith("kenward-roger"):
+            kr = self._kr()
+            return np.array([kr.df(row) for row in np.eye(self.p)])
         from .inference import satterthwaite_df
 
         return np.array([satterthwaite_df(self, row) for row in np.eye(self.p)])
 
-    def with_ddf(self, method: str) -> "LMMResult":
+    def _kr(self):
+        from .inference import kenward_roger
+
+        info = self.kr_information
+        if info == "auto":  # SAS / mmrm for covariance-term models, pbkrtest for lme4-type models
+            info = "observed" if self.info.visit is not None else "expected"
+        return kenward_roger(self, linear=self.ddf_method == "kenward-roger-linear", information=info)
+
+    def _vcov_used(self):
+        """The covariance of beta behind the table: KR-adjusted under Kenward-Roger."""
+        if self.ddf_method.startswith("kenward-roger"):
+            return self._kr().PhiA
+        return self._vcov
+
+    def with_ddf(self, method: str, kr_information: str = "auto") -> "LMMResult":
         """The same fit with another denominator-df method (no refit): ``"satterthwaite"``
-        (default) or ``"residual"`` (``N - p``)."""
+        (default), ``"kenward-roger"`` (KR-adjusted SEs too), ``"kenward-roger-linear"``
+        (SAS ``ddfm=kr(linear)``), ``"residual"`` (``N - p``).
+
+        ``kr_information``: the covariance of the variance parameters used by Kenward-Roger,
+        ``"expected"`` (inverse expected REML information, as pbkrtest / lmerTest),
+        ``"observed"`` (inverse observed information, as SAS PROC MIXED and mmrm), or
+        ``"auto"``: observed for models with a covariance term, expected otherwise."""
         import copy
 
         from .inference import DDF_METHODS
@@ -115,14 +140,19 @@ class LMMResult:
         method = str(method).lower().replace("_", "-")
         if method not in DDF_METHODS:
             raise ValueError(f"ddf must be one of {DDF_METHODS}, not {method!r}")
+        if kr_information not in ("auto", "expected", "observed"):
+            raise ValueError(f"kr_information must be 'auto', 'expected' or 'observed', not {kr_information!r}")
         out = copy.copy(self)
         out.ddf_method = method
+        out.kr_information = kr_information
         return out
 
     @property
     def coef_table(self) -> pd.DataFrame:
+        """Estimates with SEs, df (``ddf_method``), t, two-sided p and 95% CIs.  Under
+        Kenward-Roger the SEs are the KR-adjusted ones (as SAS and pbkrtest)."""
         est = self._beta
-        se = np.sqrt(np.diag(self._vcov))
+        se = np.sqrt(np.diag(self._vcov_used()))
         df = self._df()
         t = est / se
         p = 2 * stats.t.sf(np.abs(t), df)
@@ -343,7 +373,12 @@ class LMMResult:
         for nm, v in th.items():
             lines.append(f"  {nm:<{w}}{v:12.6g}")
         lines.append("")
-        df_note = {"residual": "residual df (N - p)", "satterthwaite": "Satterthwaite"}.get(self.ddf_method, self.ddf_method)
+        df_note = {
+            "residual": "residual df (N - p)",
+            "satterthwaite": "Satterthwaite",
+            "kenward-roger": "Kenward-Roger, KR-adjusted SEs",
+            "kenward-roger-linear": "Kenward-Roger (linear), KR-adjusted SEs",
+        }[self.ddf_method]
         lines.append(f"Fixed effects (df: {df_note})")
         ct = self.coef_table
         w = max(max(len(n) for n in ct.index), 8) + 2
