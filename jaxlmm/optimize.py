@@ -109,7 +109,8 @@ def newton(
         def ls_cond(c):
             a, fa, k = c
             bad = ~jnp.isfinite(fa) | (fa > s.f + 1e-4 * a * slope)
-            return bad & (k < max_halvings)
+            # under vmap a finished (or converging) replicate must not keep the loop running
+            return bad & (k < max_halvings) & ~small & (s.status < 0)
 
         def ls_body(c):
             a, _, k = c
@@ -202,7 +203,8 @@ def bfgs_warm(
         def ls_cond(c):
             a, fa, _, k = c
             bad = ~jnp.isfinite(fa) | (fa > s.f + 1e-4 * a * slope)
-            return bad & (k < max_halvings)
+            # under vmap a finished (or converging) replicate must not keep the loop running
+            return bad & (k < max_halvings) & ~small & (s.status < 0)
 
         def ls_body(c):
             a, _, _, k = c
