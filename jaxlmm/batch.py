@@ -60,8 +60,11 @@ def pattern_design(data: ModelData, m: np.ndarray) -> tuple[PatternDesign, Patte
     Z = np.asarray(data.Z) * m[..., None]
     S, T, p = X.shape
     has = np.nonzero(m.sum(axis=1) > 0)[0]
-    key = np.concatenate([m, Z.reshape(S, -1)], axis=1)[has]
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    key = np.ascontiguousarray(np.concatenate([m, Z.reshape(S, -1)], axis=1)[has])
+    # unique rows through a byte view (much faster than np.unique(axis=0))
+    _, first, inv = np.unique(key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel(),
+                              return_index=True, return_inverse=True)
+    uniq = key[first]
     inv = np.asarray(inv).reshape(-1)
     K = len(uniq)
     K_pad = max(8, int(math.ceil(K / 8) * 8))
@@ -78,7 +81,8 @@ def pattern_design(data: ModelData, m: np.ndarray) -> tuple[PatternDesign, Patte
     Xs = X[order]
     XX = np.zeros((K_pad, T, T, p, p))
     for k, (a, b) in enumerate(bounds):
-        XX[k] = np.einsum("stp,suq->tupq", Xs[a:b], Xs[a:b])
+        Xk = Xs[a:b].reshape(b - a, T * p)
+        XX[k] = (Xk.T @ Xk).reshape(T, p, T, p).transpose(0, 2, 1, 3)
     layout = PatternLayout(order=tuple(int(i) for i in order), bounds=bounds, K_pad=K_pad)
     return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs), layout, K
 
@@ -90,7 +94,8 @@ def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> Pat
     Xy = np.zeros((layout.K_pad, T, T, p))
     yy = np.zeros((layout.K_pad, T, T))
     for k, (a, b) in enumerate(layout.bounds):
-        Xy[k] = np.einsum("stp,su->tup", pdes.Xs[a:b], ys[a:b])
+        Xk = pdes.Xs[a:b].reshape(b - a, T * p)
+        Xy[k] = (Xk.T @ ys[a:b]).reshape(T, p, T).transpose(0, 2, 1)
         yy[k] = ys[a:b].T @ ys[a:b]
     return PatternResponse(Xy, yy)
 
@@ -243,10 +248,15 @@ def _mesh_sharding(devices):
     return NamedSharding(mesh, PartitionSpec("replicate"))
 
 
-def choose_chunk(B, per_replicate_bytes, memory_budget, n_dev, chunk_size=None):
+def choose_chunk(B, per_replicate_bytes, memory_budget, n_dev, chunk_size=None, max_chunk=4096):
+    """Replicates per compiled call.  Chunks split ``B`` evenly (rounded up to a multiple of 256
+    and of the device count) so that padding the last chunk wastes little."""
     if chunk_size is None:
-        chunk_size = max(1, int(memory_budget // max(per_replicate_bytes, 1)))
-        chunk_size = min(chunk_size, 4096)
+        cap = max(1, min(int(memory_budget // max(per_replicate_bytes, 1)), max_chunk))
+        n_chunks = int(math.ceil(B / cap))
+        chunk_size = int(math.ceil(B / n_chunks))
+        if n_chunks > 1:
+            chunk_size = min(int(math.ceil(chunk_size / 256) * 256), cap)
     chunk_size = max(1, min(int(chunk_size), B))
     if n_dev > 1:
         chunk_size = int(math.ceil(chunk_size / n_dev) * n_dev)

@@ -192,3 +192,44 @@ def kenward_roger(result, linear: bool = False, information: str = "expected") -
     if key not in cache:
         cache[key] = KenwardRoger(result, linear=linear, information=information)
     return cache[key]
+
+
+def wald_test(result, L, rhs=None) -> dict:
+    """Test ``L beta = rhs`` with the fit's df method (t for one row, F otherwise).
+
+    ``F = (L b - r)' (L Phi L')^-1 (L b - r) / q`` with ``Phi`` the covariance of beta in use
+    (KR-adjusted under Kenward-Roger, where ``F`` is also scaled by KR's lambda); denominator df
+    from ``result.ddf_method``.
+    """
+    from scipy import stats
+
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    p = len(result._beta)
+    if L.shape[1] != p:
+        raise ValueError(f"L must have {p} columns (one per fixed effect: {list(result.fixef.index)}), got {L.shape[1]}")
+    q = L.shape[0]
+    r = np.zeros(q) if rhs is None else np.atleast_1d(np.asarray(rhs, dtype=float))
+    est = L @ result._beta - r
+    method = result.ddf_method
+    if method.startswith("kenward-roger"):
+        kr = result._kr()
+        Phi = kr.PhiA
+        if rhs is not None and np.any(r != 0):
+            kr_beta = kr.beta
+            kr.beta = kr_beta - np.linalg.lstsq(L, r, rcond=None)[0]
+            F, _, df, lam = kr.test(L)
+            kr.beta = kr_beta
+        else:
+            F, _, df, lam = kr.test(L)
+    else:
+        Phi = result._vcov
+        F = float(est @ np.linalg.solve(L @ Phi @ L.T, est)) / q
+        lam = 1.0
+        df = float(result.df_residual) if method == "residual" else satterthwaite_df_multi(result, L)
+    out = {"estimate": est if q > 1 else float(est[0]), "num_df": q, "den_df": df, "F": F, "scale": lam}
+    out["p_value"] = float(stats.f.sf(F, q, df))
+    if q == 1:
+        se = float(np.sqrt(L[0] @ Phi @ L[0]))
+        t = float(est[0] / se)
+        out.update(std_error=se, t_value=t)
+    return out

@@ -170,6 +170,29 @@ class LMMResult:
             index=self.info.fixed_names,
         )
 
+    def test(self, L, rhs=None) -> pd.Series:
+        """Wald test of ``L beta = rhs`` (one row: t test; several rows: F test) with this fit's
+        df method.  ``L`` is a vector or matrix with one column per fixed effect, or a dict
+        ``{name: coefficient}``.  Returns estimate, std_error/t_value (one row), F, num_df,
+        den_df, p_value.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> res = lmm.fit("CHG ~ ARMCD + AVISIT + ar1(AVISIT | USUBJID)", lmm.example_trial())
+        >>> out = res.test({"ARMCD[T.TRT]": 1.0})
+        >>> bool(abs(out["t_value"] ** 2 - out["F"]) < 1e-8)
+        True
+        """
+        from .inference import wald_test
+
+        if isinstance(L, dict):
+            unknown = [k for k in L if k not in self.fixef.index]
+            if unknown:
+                raise ValueError(f"Unknown fixed effects {unknown}; names are {list(self.fixef.index)}")
+            L = np.array([L.get(n, 0.0) for n in self.fixef.index])
+        return pd.Series(wald_test(self, L, rhs), name="test")
+
     # ---- covariance parameters ------------------------------------------------------
     @property
     def theta(self) -> pd.Series:

@@ -82,3 +82,70 @@ def test_fit_chooses_ddf_up_front():
     res = lmm.fit(c["jaxlmm_formula"], data(c), ddf="kenward-roger")
     assert res.ddf_method == "kenward-roger"
     np.testing.assert_allclose(res.coef_table.df, res.with_ddf("kenward-roger").coef_table.df)
+
+
+@pytest.mark.parametrize("name", LMERTEST)
+def test_contrasts_against_lmertest(name):
+    c = CASES[name]
+    res = lmm.fit(c["jaxlmm_formula"], data(c), reml=c["reml"])
+    order = [n.replace("[T.", "").replace("]", "") for n in res.fixef.index]
+    for cname, con in c["contrasts"].items():
+        Lr = np.atleast_2d(np.asarray(con["L"], dtype=float))
+        L = np.zeros((Lr.shape[0], len(order)))
+        for j, n in enumerate(con.get("L_colnames", c["coef_names"])):
+            L[:, order.index(n)] = Lr[:, j]
+        for method, key in [("satterthwaite", "satterthwaite_F"), ("kenward-roger", "kenward_roger_F")]:
+            out = res.with_ddf(method).test(L)
+            ref = con[key]
+            tol = 1e-3 if method == "satterthwaite" else 1e-5  # lmerTest's Hessian is numerical
+            assert abs(out["F"] - ref["F"]) / ref["F"] < tol, (cname, method)
+            assert abs(out["den_df"] - ref["den_df"]) / ref["den_df"] < tol, (cname, method)
+            assert out["num_df"] == ref["num_df"]
+            if "p" in ref and ref["p"] > 1e-12:
+                assert abs(out["p_value"] - ref["p"]) / ref["p"] < 1e-2
+
+
+def test_test_accepts_names_and_rejects_bad_input():
+    c = CASES["lmertest_int_re_slope"]
+    res = lmm.fit(c["jaxlmm_formula"], data(c))
+    a = res.test({"time": 1.0})
+    b = res.test(np.eye(len(res.fixef))[1])
+    assert a["t_value"] == pytest.approx(b["t_value"]) and a["F"] == pytest.approx(a["t_value"] ** 2)
+    assert a["den_df"] == pytest.approx(res.coef_table.loc["time", "df"])
+    with pytest.raises(ValueError, match="Unknown fixed effects"):
+        res.test({"tme": 1.0})
+    with pytest.raises(ValueError, match="columns"):
+        res.test([1.0, 0.0])
+
+
+LRT = [k for k, c in CASES.items() if c["group"] == "lrt"]
+
+
+@pytest.mark.parametrize("name", LRT)
+def test_lrt_and_boundary_mixtures(name):
+    c = CASES[name]
+    d = data(c)
+    small = lmm.fit(c["jaxlmm_formula_null"], d, reml=c["reml"], warn=False)
+    big = lmm.fit(c["jaxlmm_formula_alt"], d, reml=c["reml"], warn=False)
+    table = lmm.compare(small, big, names=["null", "alt"])
+    row = table.loc["alt"]
+    ref = c["lrt"]
+    assert row.LRT == pytest.approx(ref["chisq"], abs=2e-5 * max(1.0, ref["chisq"]))
+    assert row.df == ref["df"]
+    expected_p = ref.get("p_mixture", ref["p_naive"])
+    assert row.p_value == pytest.approx(expected_p, rel=1e-3, abs=1e-6)
+    if "mixture" in ref:
+        assert row.reference == ref["mixture"]
+    for col in ["npar", "logLik", "AIC", "AICc", "BIC"]:
+        assert np.isfinite(table[col]).all()
+
+
+def test_compare_refuses_reml_with_different_fixed_effects():
+    c = CASES["lmertest_int_re_slope"]
+    d = data(c)
+    a = lmm.fit("y ~ time + (1 | subject)", d)
+    b = lmm.fit("y ~ time + arm + (1 | subject)", d)
+    with pytest.raises(lmm.LMMError, match="reml=False"):
+        lmm.compare(a, b)
+    table = lmm.compare(a.model.fit(reml=False), b.model.fit(reml=False))
+    assert table["reference"].iloc[1] == "chi2(1)"
