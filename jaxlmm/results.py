@@ -193,6 +193,15 @@ class LMMResult:
             L = np.array([L.get(n, 0.0) for n in self.fixef.index])
         return pd.Series(wald_test(self, L, rhs), name="test")
 
+    def vcov_sandwich(self, kind: str = "CR2") -> pd.DataFrame:
+        """Cluster-robust covariance of beta by subject: ``"CR0"`` (SAS ``EMPIRICAL``) or the
+        bias-reduced ``"CR2"`` (mmrm "Empirical-Bias-Reduced"); see
+        :func:`jaxlmm.inference.sandwich`."""
+        from .inference import sandwich
+
+        n = self.info.fixed_names
+        return pd.DataFrame(sandwich(self, kind), index=n, columns=n)
+
     # ---- covariance parameters ------------------------------------------------------
     @property
     def theta(self) -> pd.Series:

@@ -149,3 +149,52 @@ def test_compare_refuses_reml_with_different_fixed_effects():
         lmm.compare(a, b)
     table = lmm.compare(a.model.fit(reml=False), b.model.fit(reml=False))
     assert table["reference"].iloc[1] == "chi2(1)"
+
+
+def test_select_covariance_ranks_and_tests_nested_pairs():
+    c = CASES["lrt_gls_cs_vs_un_balanced_reml"]
+    sel = lmm.select_covariance("y ~ time * arm + x", data(c), visit="visit", subject="subject")
+    assert set(sel.table.index) == {"un", "cs", "csh", "ar1", "arh1"}
+    assert list(sel.table.AIC) == sorted(sel.table.AIC)
+    assert sel.best is sel.fits[sel.best_name]
+    row = sel.lrt.set_index(["null", "alternative"]).loc[("cs", "un")]
+    assert row.LRT == pytest.approx(c["lrt"]["chisq"], rel=1e-5) and row.df == c["lrt"]["df"]
+    assert len(sel.lrt) == 6 and "Chosen" in sel.summary()
+    bic = lmm.select_covariance("y ~ time * arm + x", data(c), visit="visit", subject="subject",
+                                structures=("cs", "ar1"), criterion="bic")
+    assert list(bic.table.BIC) == sorted(bic.table.BIC)
+    with pytest.raises(lmm.LMMError, match="criterion"):
+        lmm.select_covariance("y ~ time", data(c), visit="visit", subject="subject", structures=("cs",),
+                              criterion="dic")
+
+
+def test_select_random_uses_mixtures():
+    c = CASES["lrt_lmer_int_vs_corr_re_boundary_reml"]
+    sel = lmm.select_random("y ~ time + arm + x", data(c), group="subject", slope="time")
+    lr = sel.lrt.set_index(["null", "alternative"])
+    row = lr.loc[("intercept", "intercept+slope")]
+    assert row.reference == "0.5*chi2(1) + 0.5*chi2(2)"
+    assert row.p_value == pytest.approx(c["lrt"]["p_mixture"], rel=1e-3)
+    assert lr.loc[("intercept+slope (uncorrelated)", "intercept+slope")].reference == "chi2(1)"
+    assert lr.loc[("slope", "intercept+slope (uncorrelated)")].reference == "0.5*chi2(0) + 0.5*chi2(1)"
+    assert sel.best_name == "intercept"  # the slope variance is 0 in truth
+
+
+@pytest.mark.parametrize("name", [k for k, c in CASES.items() if c["group"] in ("mmrm", "sandwich")])
+def test_sandwich_against_mmrm_and_manual(name):
+    c = CASES[name]
+    res = lmm.fit(c["jaxlmm_formula"], data(c))
+    order = [n.replace("[T.", "").replace("]", "") for n in res.fixef.index]
+    idx = [order.index(n) for n in c["coef_names"]]
+    for kind in ("CR0", "CR2"):
+        se = np.sqrt(np.diag(res.vcov_sandwich(kind).to_numpy()))[idx]
+        if c["group"] == "mmrm":
+            key = "empirical_residual" if kind == "CR0" else "empirical_bias_reduced_residual"
+            ref = c["variants"][key]["coef"]["se"]
+        else:
+            ref = c["cr_manual"]["se_CR0" if kind == "CR0" else "se_CR2_whitened"]
+        assert rel(se, ref) < 1e-5, kind
+    if c["group"] == "sandwich":  # CR0 also equals clubSandwich's
+        assert rel(np.sqrt(np.diag(res.vcov_sandwich("CR0").to_numpy()))[idx], c["cr"]["CR0"]["se"]) < 1e-5
+    with pytest.raises(ValueError, match="CR0"):
+        res.vcov_sandwich("HC3")
