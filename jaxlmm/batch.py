@@ -275,7 +275,7 @@ def fit_batch_padded(
     chunk_size: int | None = None,
     memory_budget: float = 2e9,
     max_iter: int = 60,
-    tol: float = 1e-11,
+    tol: float | None = None,
     progress=None,
     devices=None,
     dtype=jnp.float64,
@@ -285,6 +285,8 @@ def fit_batch_padded(
     indices ``idx`` (``m`` may be None when ``shared_mask`` is given)."""
     spec, info = model.spec, model.info
     base = model.arrays
+    if tol is None:  # what the precision can reach: float32 stops at 1e-6 relative
+        tol = 1e-6 if jnp.dtype(dtype) == jnp.float32 else 1e-11
     if devices is None:
         devices = jax.devices()
     n_dev = len(devices) if devices is not None else 1

@@ -124,8 +124,8 @@ def newton(
         f_new = jnp.where(accepted, fa, s.f)
         it = s.it + 1
         # no decrease possible: accept as converged when the predicted gain is at rounding level
-        stuck = ~accepted | (jnp.abs(s.f - f_new) <= 1e-15 * (1 + jnp.abs(f_new)))
-        stuck_ok = 0.5 * dec < 1e-7 * (1 + jnp.abs(s.f))
+        stuck = ~accepted | (jnp.abs(s.f - f_new) <= 4 * jnp.finfo(x0.dtype).eps * (1 + jnp.abs(f_new)))
+        stuck_ok = 0.5 * dec < max(1e-7, 10 * tol) * (1 + jnp.abs(s.f))
         status = jnp.where(
             ~ok,
             NON_FINITE,
@@ -227,8 +227,8 @@ def bfgs_warm(
         Vm = eye - rho * jnp.outer(step, yv)
         Binv_new = jnp.where(upd, Vm @ s.Binv @ Vm.T + rho * jnp.outer(step, step), s.Binv)
         it = s.it + 1
-        stuck = ~accepted & ~small
-        stuck_ok = 0.5 * dec < 1e-7 * (1 + jnp.abs(s.f))
+        stuck = (~accepted | (jnp.abs(s.f - f_new) <= 4 * jnp.finfo(x0.dtype).eps * (1 + jnp.abs(f_new)))) & ~small
+        stuck_ok = 0.5 * dec < max(1e-7, 10 * tol) * (1 + jnp.abs(s.f))
         status = jnp.where(
             small,
             CONVERGED,
