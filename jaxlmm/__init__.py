@@ -25,7 +25,7 @@ if not _os.environ.get("JAXLMM_NO_X64"):
 
 from .batch import BatchResult, fit_many  # noqa: E402
 from .bootstrap import BootstrapResult  # noqa: E402
-from .compare import Selection, compare, lrt, select_covariance, select_random  # noqa: E402
+from .compare import Selection, bootstrap_lrt, compare, lrt, select_covariance, select_random  # noqa: E402
 from .datasets import example_trial, simulate_longitudinal  # noqa: E402
 from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
@@ -42,6 +42,7 @@ __all__ = [
     "compare",
     "lrt",
     "select_covariance",
+    "bootstrap_lrt",
     "select_random",
     "Selection",
     "Model",

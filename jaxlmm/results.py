@@ -210,6 +210,38 @@ class LMMResult:
         return pd.Series(vals, index=spec.names(self.info.visit_labels), name="estimate")
 
     @property
+    def theta_table(self) -> pd.DataFrame:
+        """Covariance parameters with SEs from the observed information and 95% Wald intervals.
+
+        ``Cov(theta_hat) = 2 H^-1`` (``H`` the exact Hessian of -2 log L in the optimiser's
+        parameters), carried to natural parameters by the delta method.  Intervals are built on
+        a scale where the estimate is closer to normal and transformed back: ``log`` for SDs,
+        Fisher's ``z = atanh`` for correlations.  Near a boundary (a variance ~0) Wald intervals
+        are unreliable; use profile or bootstrap intervals there.
+        """
+        import jax
+
+        spec = self.model.spec
+        th = jnp.asarray(self._theta_u)
+        J = np.asarray(jax.jacfwd(spec.natural)(th))
+        H = np.asarray(self._opt.hess)
+        cov = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
+        est = self.theta
+        se = np.sqrt(np.clip(np.diag(cov), 0, None))
+        z = stats.norm.ppf(0.975)
+        lo, hi = np.empty(len(est)), np.empty(len(est))
+        for i, (name, v) in enumerate(est.items()):
+            if name.startswith("sd[") or name == "sigma":
+                s_log = se[i] / max(v, 1e-300)
+                lo[i], hi[i] = v * np.exp(-z * s_log), v * np.exp(z * s_log)
+            else:
+                zt = np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12))
+                s_z = se[i] / max(1 - v * v, 1e-300)
+                lo[i], hi[i] = np.tanh(zt - z * s_z), np.tanh(zt + z * s_z)
+        return pd.DataFrame({"estimate": est.to_numpy(), "std_error": se, "ci_lower": lo, "ci_upper": hi},
+                            index=est.index)
+
+    @property
     def theta_unconstrained(self) -> np.ndarray:
         return self._theta_u.copy()
 

@@ -198,3 +198,28 @@ def test_sandwich_against_mmrm_and_manual(name):
         assert rel(np.sqrt(np.diag(res.vcov_sandwich("CR0").to_numpy()))[idx], c["cr"]["CR0"]["se"]) < 1e-5
     with pytest.raises(ValueError, match="CR0"):
         res.vcov_sandwich("HC3")
+
+
+@pytest.mark.parametrize("name", ["intervals_gls_ar1_monotone_reml", "intervals_gls_ar1_monotone_ml"])
+def test_wald_intervals_of_covariance_parameters_against_nlme(name):
+    c = CASES[name]
+    res = lmm.fit(c["jaxlmm_formula"], data(c), reml=c["reml"])
+    tt = res.theta_table
+    iv = c["intervals"]
+    for ours, ref in [("rho", "phi"), ("sigma", "sigma")]:
+        assert tt.loc[ours, "estimate"] == pytest.approx(iv[ref]["est"], rel=1e-5)
+        # nlme: numerical Hessian of its own parameterisation; ours exact
+        assert tt.loc[ours, "ci_lower"] == pytest.approx(iv[ref]["lower"], rel=2e-3)
+        assert tt.loc[ours, "ci_upper"] == pytest.approx(iv[ref]["upper"], rel=2e-3)
+    assert (tt.std_error > 0).all()
+
+
+def test_bootstrap_lrt_runs_and_agrees_with_mixture():
+    c = CASES["lrt_lmer_int_vs_corr_re_slope_ml"]
+    d = data(c)
+    small = lmm.fit(c["jaxlmm_formula_null"], d, reml=False)
+    big = lmm.fit(c["jaxlmm_formula_alt"], d, reml=False)
+    out = lmm.bootstrap_lrt(small, big, n=40, seed=3)
+    assert out["statistic"] == pytest.approx(c["lrt"]["chisq"], rel=1e-5)
+    assert out["p_value"] == pytest.approx(1 / (out["n_ok"] + 1))  # a huge statistic: no T* exceeds it
+    assert out["n_ok"] >= 36
