@@ -29,7 +29,29 @@ from .likelihood import beta_vcov
 
 __all__ = ["DDF_METHODS", "satterthwaite_pieces", "satterthwaite_df", "satterthwaite_df_multi"]
 
-DDF_METHODS = ("satterthwaite", "kenward-roger", "kenward-roger-linear", "residual")
+DDF_METHODS = ("satterthwaite", "kenward-roger", "kenward-roger-linear", "residual", "between-within")
+
+
+def between_within(result):
+    """SAS ``DDFM=BETWITHIN``: (df per coefficient, mask of within-subject coefficients).
+
+    A column of X is between-subject when it is constant within every subject.  The residual
+    df ``N - p`` are split into between-subject ``S - rank(X_between)`` and within-subject
+    ``N - p - (S - rank(X_between))``; each coefficient gets the df of its kind."""
+    info = result.info
+    a = result.model.arrays
+    X = np.asarray(a.X)[info.row_s, info.row_t]
+    s = info.row_s
+    S = info.S
+    counts = np.bincount(s, minlength=S)[:, None]
+    means = np.zeros((S, X.shape[1]))
+    np.add.at(means, s, X)
+    means /= np.maximum(counts, 1)
+    within = np.any(np.abs(X - means[s]) > 1e-10 * (1 + np.abs(X)), axis=0)
+    r_b = np.linalg.matrix_rank(X[:, ~within]) if (~within).any() else 0
+    between_df = S - r_b
+    within_df = result.n_obs - X.shape[1] - between_df
+    return np.where(within, within_df, between_df).astype(float), within
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -225,7 +247,13 @@ def wald_test(result, L, rhs=None) -> dict:
         Phi = result._vcov
         F = float(est @ np.linalg.solve(L @ Phi @ L.T, est)) / q
         lam = 1.0
-        df = float(result.df_residual) if method == "residual" else satterthwaite_df_multi(result, L)
+        if method == "residual":
+            df = float(result.df_residual)
+        elif method == "between-within":
+            dfs, _ = between_within(result)
+            df = float(np.min(dfs[np.any(L != 0, axis=0)]))
+        else:
+            df = satterthwaite_df_multi(result, L)
     out = {"estimate": est if q > 1 else float(est[0]), "num_df": q, "den_df": df, "F": F, "scale": lam}
     out["p_value"] = float(stats.f.sf(F, q, df))
     if q == 1:

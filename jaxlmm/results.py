@@ -103,6 +103,10 @@ class LMMResult:
     def _df(self):
         if self.ddf_method == "residual":
             return np.full(self.p, float(self.df_residual))
+        if self.ddf_method == "between-within":
+            from .inference import between_within
+
+            return between_within(self)[0]
         if self.ddf_method.startswith("kenward-roger"):
             kr = self._kr()
             return np.array([kr.df(row) for row in np.eye(self.p)])
@@ -127,7 +131,8 @@ class LMMResult:
     def with_ddf(self, method: str, kr_information: str = "auto") -> "LMMResult":
         """The same fit with another denominator-df method (no refit): ``"satterthwaite"``
         (default), ``"kenward-roger"`` (KR-adjusted SEs too), ``"kenward-roger-linear"``
-        (SAS ``ddfm=kr(linear)``), ``"residual"`` (``N - p``).
+        (SAS ``ddfm=kr(linear)``), ``"residual"`` (``N - p``), ``"between-within"`` (SAS
+        ``BETWITHIN``).
 
         ``kr_information``: the covariance of the variance parameters used by Kenward-Roger,
         ``"expected"`` (inverse expected REML information, as pbkrtest / lmerTest),
@@ -442,6 +447,7 @@ class LMMResult:
             "satterthwaite": "Satterthwaite",
             "kenward-roger": "Kenward-Roger, KR-adjusted SEs",
             "kenward-roger-linear": "Kenward-Roger (linear), KR-adjusted SEs",
+            "between-within": "between-within (SAS BETWITHIN)",
         }[self.ddf_method]
         lines.append(f"Fixed effects (df: {df_note})")
         ct = self.coef_table

@@ -223,3 +223,15 @@ def test_bootstrap_lrt_runs_and_agrees_with_mixture():
     assert out["statistic"] == pytest.approx(c["lrt"]["chisq"], rel=1e-5)
     assert out["p_value"] == pytest.approx(1 / (out["n_ok"] + 1))  # a huge statistic: no T* exceeds it
     assert out["n_ok"] >= 36
+
+
+def test_between_within_df():
+    df = lmm.simulate_longitudinal(30, 4, seed=5, cov="cs", rho=0.4)
+    res = lmm.fit("y ~ time * arm + x + cs(visit | subject)", df).with_ddf("between-within")
+    ct = res.coef_table
+    N, S, p = res.n_obs, 30, len(ct)
+    # between-subject columns: intercept, arm, x (rank 3): S - 3; within: time, time:arm
+    assert ct.loc["(Intercept)", "df"] == S - 3 and ct.loc["x", "df"] == S - 3
+    assert ct.loc["time", "df"] == N - p - (S - 3) and ct.loc["time:arm[T.B]", "df"] == N - p - (S - 3)
+    assert "BETWITHIN" in res.summary()
+    assert res.test({"x": 1.0})["den_df"] == S - 3
