@@ -235,3 +235,25 @@ def test_between_within_df():
     assert ct.loc["time", "df"] == N - p - (S - 3) and ct.loc["time:arm[T.B]", "df"] == N - p - (S - 3)
     assert "BETWITHIN" in res.summary()
     assert res.test({"x": 1.0})["den_df"] == S - 3
+
+
+@pytest.mark.parametrize("method,key", [("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")])
+def test_emmeans_against_r(method, key):
+    c = CASES["lmertest_int_factor3"]
+    res = lmm.fit(c["jaxlmm_formula"], data(c)).with_ddf(method)
+    ref = c["emmeans"]["arm_by_visit"][key]
+    em = res.emmeans("arm", by="visit").set_index(["arm", "visit"])
+    for i, (a, v) in enumerate(zip(ref["grid"]["arm"], ref["grid"]["visit"])):
+        row = em.loc[(a, v)]
+        assert row.emmean == pytest.approx(ref["emmean"][i], rel=1e-6)
+        assert row.std_error == pytest.approx(ref["se"][i], rel=1e-5)
+        assert row.df == pytest.approx(ref["df"][i], rel=1e-3)
+    pr = ref["pairs"]
+    pairs = res.emmeans("arm", by="visit", pairs=True).set_index(["contrast", "visit"])
+    for i, (con, v) in enumerate(zip(pr["grid"]["contrast"], pr["grid"]["visit"])):
+        row = pairs.loc[(con, v)]
+        assert row.estimate == pytest.approx(pr["estimate"][i], rel=1e-6, abs=1e-9)
+        assert row.std_error == pytest.approx(pr["se"][i], rel=1e-5)
+        assert row.p_value == pytest.approx(pr["p_none"][i], rel=1e-3)
+    with pytest.raises(ValueError, match="not a factor"):
+        res.emmeans("x")
