@@ -198,6 +198,57 @@ class LMMResult:
             L = np.array([L.get(n, 0.0) for n in self.fixef.index])
         return pd.Series(wald_test(self, L, rhs), name="test")
 
+    def anova(self) -> pd.DataFrame:
+        """Type III F tests, one per fixed-effect term, with the fit's df method.
+
+        The hypothesis of a term is "its coefficients are zero when every factor is coded with
+        sum-to-zero contrasts" (SAS Type III, lmerTest ``type = 3``), carried to the fitted
+        treatment coding: with ``X_sum M = X`` (same column space), ``beta_sum = M beta`` and
+        the term's rows of ``M`` form ``L``.  Numeric covariates enter uncentred, as in SAS.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> res = lmm.fit("CHG ~ ARMCD * AVISIT + BASE + ar1(AVISIT | USUBJID)", lmm.example_trial())
+        >>> list(res.anova().index)
+        ['ARMCD', 'AVISIT', 'BASE', 'ARMCD:AVISIT']
+        """
+        import re
+
+        import formulaic
+
+        from .inference import wald_test
+
+        data = self.model.data.iloc[self.info.row_index]
+        fixed = self.info.formula.fixed
+        variables = sorted(str(v) for v in formulaic.Formula(fixed).required_variables)
+        eff = fixed
+        for v in variables:
+            col = data[v]
+            if (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)) or f"C({v}" in fixed:
+                continue
+            eff = re.sub(r"(?<![\w.])" + re.escape(v) + r"(?![\w.(])", f"C({v}, contr.sum)", eff)
+        mm_t = self.info.x_spec.get_model_matrix(data, na_action="ignore")
+        mm_e = formulaic.model_matrix(eff, data, na_action="ignore")
+        keep = list(self.info.keep_cols)
+        Xt = np.asarray(mm_t.to_numpy(dtype=float))[:, keep]
+        Xe = np.asarray(mm_e.to_numpy(dtype=float))
+        M = np.linalg.lstsq(Xe, Xt, rcond=None)[0]
+        rows = []
+        for (term, _), (_, idx_e) in zip(mm_t.model_spec.term_indices.items(), mm_e.model_spec.term_indices.items()):
+            name = str(term)
+            if name == "1":
+                continue
+            L = M[list(idx_e)]
+            U, sv, Vt = np.linalg.svd(L, full_matrices=False)
+            L = Vt[sv > 1e-10 * max(sv.max(), 1e-300)] if sv.size else L
+            if L.shape[0] == 0:
+                continue
+            t = wald_test(self, L)
+            rows.append({"term": name, "num_df": t["num_df"], "den_df": t["den_df"], "F": t["F"],
+                         "p_value": t["p_value"]})
+        return pd.DataFrame(rows).set_index("term")
+
     def emmeans(self, specs, by=None, pairs: bool = False, level: float = 0.95) -> pd.DataFrame:
         """Estimated marginal means (LS-means) on the model's reference grid, as SAS LSMEANS and
         R emmeans: every combination of the factors in ``specs`` (and ``by``), other factors

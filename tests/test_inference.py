@@ -257,3 +257,19 @@ def test_emmeans_against_r(method, key):
         assert row.p_value == pytest.approx(pr["p_none"][i], rel=1e-3)
     with pytest.raises(ValueError, match="not a factor"):
         res.emmeans("x")
+
+
+@pytest.mark.parametrize("name", LMERTEST)
+@pytest.mark.parametrize("method,key", [("satterthwaite", "anova_type3_satterthwaite"),
+                                        ("kenward-roger", "anova_type3_kenward_roger")])
+def test_type3_anova_against_lmertest(name, method, key):
+    c = CASES[name]
+    res = lmm.fit(c["jaxlmm_formula"], data(c)).with_ddf(method)
+    ours = res.anova()
+    ref = c[key]
+    ours.index = [t.replace("[T.", "").replace("]", "") for t in ours.index]
+    for i, term in enumerate(ref["terms"]):
+        row = ours.loc[term]
+        assert row.num_df == ref["num_df"][i]
+        assert row.F == pytest.approx(ref["F"][i], rel=1e-4), term
+        assert row.den_df == pytest.approx(ref["den_df"][i], rel=1e-3), term
