@@ -283,6 +283,9 @@ def fit_batch_padded(
 ) -> BatchResult:
     """Core driver.  ``source(idx)`` returns padded ``(y, m)`` [C, S_pad, T] for replicate
     indices ``idx`` (``m`` may be None when ``shared_mask`` is given)."""
+    from .model import guard_memory_maps
+
+    guard_memory_maps(every=1)
     spec, info = model.spec, model.info
     base = model.arrays
     if tol is None:  # what the precision can reach: float32 stops at 1e-6 relative

@@ -43,6 +43,33 @@ def _fit_patterns_compiled(theta0, pdes, pr, spec, reml, max_iter: int, tol: flo
     return res, beta, vcov
 
 
+_GUARD = {"calls": 0}
+
+
+def guard_memory_maps(every: int = 8, fraction: float = 0.5) -> bool:
+    """Release JAX's compiled programs when the process nears the kernel's memory-map limit.
+
+    On Linux every XLA:CPU executable holds several hundred memory mappings; a session that
+    compiles ~100 different models reaches ``vm.max_map_count`` (65530 by default) and the next
+    compilation crashes the process.  Every ``every`` calls this counts the mappings and, above
+    ``fraction`` of the limit, calls ``jax.clear_caches()`` (later fits recompile).  Returns
+    True when it cleared."""
+    _GUARD["calls"] += 1
+    if _GUARD["calls"] % every:
+        return False
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps", "rb") as fh:
+            n = sum(1 for _ in fh)
+    except OSError:
+        return False
+    if n > fraction * limit:
+        jax.clear_caches()
+        return True
+    return False
+
+
 def _newton_fit(arrays: ModelData, spec, reml: bool, theta0=None, *, max_iter: int = 200, tol: float = 1e-11,
                 retry: bool = True):
     """Full Newton fit of one dataset (host arrays with X, Z, y zero in masked cells).
@@ -54,6 +81,7 @@ def _newton_fit(arrays: ModelData, spec, reml: bool, theta0=None, *, max_iter: i
     Returns (NewtonResult, beta, vcov, path)."""
     from .batch import pattern_design, pattern_response_np
 
+    guard_memory_maps()
     m = np.asarray(arrays.m)
     S_real = int((m.sum(axis=1) > 0).sum())
     pdes, layout, K = pattern_design(arrays, m)

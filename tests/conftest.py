@@ -42,3 +42,16 @@ def sas_ref():
 def rel(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    A full run compiles several hundred XLA programs; kept all in one process, XLA's CPU
+    compiler was seen to crash (segfault) late in the run.  Releasing them per module keeps
+    the process small; programs shared within a module are still reused."""
+    yield
+    import jax
+
+    jax.clear_caches()

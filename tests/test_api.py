@@ -219,3 +219,11 @@ def test_with_ddf_switches_without_refit(un_fit):
     assert "residual df" in r.summary() and un_fit.ddf_method == "satterthwaite"
     with pytest.raises(ValueError, match="ddf"):
         un_fit.with_ddf("containment")
+
+
+def test_memory_map_guard_releases_programs():
+    from jaxlmm.model import guard_memory_maps
+
+    assert guard_memory_maps(every=1, fraction=0.0) is True  # forced: clears the caches
+    assert guard_memory_maps(every=1, fraction=1.0) is False
+    lmm.fit("y ~ time + ar1(visit | subject)", lmm.simulate_longitudinal(20, 4, seed=1))  # recompiles fine
