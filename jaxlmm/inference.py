@@ -124,8 +124,6 @@ def satterthwaite_df_multi(result, L) -> float:
 
 @partial(jax.jit, static_argnames=("spec",))
 def _kr_pieces(phi, data, spec):
-    from .likelihood import ModelData  # noqa: F401
-
     m = data.m
     mm = m[:, :, None] * m[:, None, :]
     eye = jnp.eye(spec.T, dtype=phi.dtype)

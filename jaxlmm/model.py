@@ -85,7 +85,6 @@ def _newton_fit(arrays: ModelData, spec, reml: bool, theta0=None, *, max_iter: i
     m = np.asarray(arrays.m)
     S_real = int((m.sum(axis=1) > 0).sum())
     pdes, layout, K = pattern_design(arrays, m)
-    p = arrays.X.shape[-1]
     use_patterns = K <= max(S_real // 2, 8) and pdes.XX.size <= 2e7
     if use_patterns:
         pr = pattern_response_np(arrays.y, m, pdes, layout)
@@ -100,7 +99,6 @@ def _newton_fit(arrays: ModelData, spec, reml: bool, theta0=None, *, max_iter: i
         def run(th):
             return _fit_compiled(jnp.asarray(th), data, spec, jnp.asarray(bool(reml)), max_iter, tol)
 
-    del p
     start = start_values(arrays, spec) if theta0 is None else np.asarray(theta0, dtype=float)
     res, beta, vcov = run(start)
     if retry and int(res.status) not in (CONVERGED, BOUNDARY):

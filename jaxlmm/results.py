@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from .design import new_design_rows
-from .likelihood import LOG2PI, blups
+from .likelihood import blups
 from .optimize import BOUNDARY, CONVERGED, STATUS
 
 __all__ = ["LMMResult"]
@@ -591,6 +591,3 @@ class LMMResult:
     def __repr__(self):
         m = "REML" if self.reml else "ML"
         return f"<LMMResult {m} deviance={self.deviance:.4f} {self.status_message}: {self.info.formula.text}>"
-
-    def _check_pieces(self):  # pragma: no cover - debugging aid
-        return {"dev": self.deviance, "log2pi": LOG2PI}
