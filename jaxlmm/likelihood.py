@@ -65,26 +65,24 @@ class ModelSpec:
             i += b.n_params
         return out, slice(i, i + self.resid.n_params)
 
+    def _block_diag(self, mats):
+        """The q x q block-diagonal matrix with the blocks' k x k matrices on its diagonal."""
+        q = self.q
+        out = jnp.zeros((q, q), dtype=mats[0].dtype) if mats else jnp.zeros((0, 0))
+        i = 0
+        for b, M in zip(self.blocks, mats):
+            out = out.at[i : i + b.k, i : i + b.k].set(M)
+            i += b.k
+        return out
+
     def G(self, theta):
         sl, _ = self._slices()
-        q = self.q
-        G = jnp.zeros((q, q), dtype=theta.dtype)
-        i = 0
-        for b, s in zip(self.blocks, sl):
-            G = G.at[i : i + b.k, i : i + b.k].set(b.matrix(theta[s]))
-            i += b.k
-        return G
+        return self._block_diag([b.matrix(theta[s]) for b, s in zip(self.blocks, sl)])
 
     def G_chol(self, theta):
         """A factor L with L L' = G (block diagonal of the blocks' factors; exact at a boundary)."""
         sl, _ = self._slices()
-        q = self.q
-        L = jnp.zeros((q, q), dtype=theta.dtype)
-        i = 0
-        for b, s in zip(self.blocks, sl):
-            L = L.at[i : i + b.k, i : i + b.k].set(b.chol(theta[s]))
-            i += b.k
-        return L
+        return self._block_diag([b.chol(theta[s]) for b, s in zip(self.blocks, sl)])
 
     def R(self, theta):
         _, s = self._slices()
@@ -128,12 +126,7 @@ class ModelSpec:
     def sas_matrices(self, phi):
         """(G, R) from SAS-style parameters."""
         sl, sr = self._sas_slices()
-        q = self.q
-        G = jnp.zeros((q, q), dtype=phi.dtype)
-        i = 0
-        for b, s in zip(self.blocks, sl):
-            G = G.at[i : i + b.k, i : i + b.k].set(b.sas_matrix(phi[s]))
-            i += b.k
+        G = self._block_diag([b.sas_matrix(phi[s]) for b, s in zip(self.blocks, sl)])
         return G, self.resid.sas_matrix(phi[sr])
 
     def is_degenerate(self, theta, theta0):

@@ -48,16 +48,31 @@ class _State(NamedTuple):
     decrement: jax.Array
 
 
-def _direction(g, H, max_step):
+def _abs_eig(H):
+    """Eigenvectors of H and its eigenvalues made positive (|w|, floored at 1e-8 max |w|)."""
     w, Q = jnp.linalg.eigh(H)
     wa = jnp.abs(w)
-    wa = jnp.maximum(wa, 1e-8 * jnp.maximum(jnp.max(wa), 1e-12))
+    return jnp.maximum(wa, 1e-8 * jnp.maximum(jnp.max(wa), 1e-12)), Q
+
+
+def _direction(g, H, max_step):
+    wa, Q = _abs_eig(H)
     gq = Q.T @ g
     d = -Q @ (gq / wa)
     dec = jnp.sum(gq * gq / wa)
     nrm = jnp.max(jnp.abs(d))
     d = d * jnp.minimum(1.0, max_step / jnp.maximum(nrm, 1e-300))
     return d, dec
+
+
+def _final_status(status, x, x0, boundary, degenerate):
+    """Mark boundary optima (converged or stuck at a singular G / |rho| ~ 1) and degenerate fits."""
+    if boundary is not None:
+        on_edge = boundary(x)
+        status = jnp.where(((status == CONVERGED) | (status == NO_PROGRESS)) & on_edge, BOUNDARY, status)
+    if degenerate is not None:
+        status = jnp.where(degenerate(x, x0), NON_FINITE, status)
+    return status.astype(jnp.int32)
 
 
 def newton(
@@ -138,13 +153,7 @@ def newton(
         return _State(x_new, f_new, g, H, it, status, dec)
 
     s = jax.lax.while_loop(cond, body, state)
-    status = s.status
-    if boundary is not None:
-        on_edge = boundary(s.x)
-        status = jnp.where(((status == CONVERGED) | (status == NO_PROGRESS)) & on_edge, BOUNDARY, status)
-        status = status.astype(jnp.int32)
-    if degenerate is not None:
-        status = jnp.where(degenerate(s.x, x0), NON_FINITE, status).astype(jnp.int32)
+    status = _final_status(s.status, s.x, x0, boundary, degenerate)
     # n_iter counts Newton steps taken (the last pass only checks convergence)
     return NewtonResult(s.x, s.f, s.g, s.H, jnp.maximum(s.it - 1, 0), status)
 
@@ -161,9 +170,7 @@ class _QState(NamedTuple):
 def psd_inverse(H):
     """Inverse of |H| (eigenvalues replaced by absolute values, floored): a positive-definite
     inverse-Hessian approximation usable as a quasi-Newton start."""
-    w, Q = jnp.linalg.eigh(H)
-    wa = jnp.abs(w)
-    wa = jnp.maximum(wa, 1e-8 * jnp.maximum(jnp.max(wa), 1e-12))
+    wa, Q = _abs_eig(H)
     return (Q / wa) @ Q.T
 
 
@@ -237,11 +244,5 @@ def bfgs_warm(
         return _QState(x_new, f_new, g_new, Binv_new, it, status)
 
     s = jax.lax.while_loop(cond, body, state)
-    status = s.status
-    if boundary is not None:
-        on_edge = boundary(s.x)
-        status = jnp.where(((status == CONVERGED) | (status == NO_PROGRESS)) & on_edge, BOUNDARY, status)
-        status = status.astype(jnp.int32)
-    if degenerate is not None:
-        status = jnp.where(degenerate(s.x, x0), NON_FINITE, status).astype(jnp.int32)
+    status = _final_status(s.status, s.x, x0, boundary, degenerate)
     return NewtonResult(s.x, s.f, s.g, s.Binv, jnp.maximum(s.it - 1, 0), status)
