@@ -8,6 +8,8 @@ visit positions 0..T-1.  Each is a small frozen (hashable, static under jit) dat
 * ``matrix(theta)``             T x T covariance (jax),
 * ``natural(theta)``            natural parameters (SDs, correlations; jax),
 * ``from_natural(values)``      the inverse map (numpy, host side),
+* ``natural_matrix(values)``    T x T covariance from natural parameters (jax; used by profiles),
+* ``natural_bounds()``          (lower, upper) of each natural parameter,
 * ``start(S)``                  unconstrained start from an empirical covariance ``S`` (numpy).
 
 Parameterisations (SAS name, nlme/mmrm equivalent):
@@ -55,6 +57,26 @@ def _lag_powers(rho, T: int):
     return pw[lag]
 
 
+def _scale(C, sd):
+    """D C D with D = diag(sd)."""
+    return C * sd[:, None] * sd[None, :]
+
+
+def _cs_corr(rho, T: int):
+    return (1 - rho) * jnp.eye(T) + rho
+
+
+def _corr_from_upper(vals, k: int):
+    """Correlation matrix from its upper-triangle entries (row by row)."""
+    iu = np.triu_indices(k, 1)
+    C = jnp.zeros((k, k), dtype=vals.dtype).at[iu].set(vals)
+    return C + C.T + jnp.eye(k, dtype=vals.dtype)
+
+
+_POS = (0.0, float("inf"))
+_CORR = (-1.0, 1.0)
+
+
 def _safe_sd(S):
     return np.sqrt(np.clip(np.diag(S), 1e-8, None))
 
@@ -96,6 +118,12 @@ class Identity(_Structure):
     def n_params(self):
         return 1
 
+    def natural_matrix(self, v):
+        return v[0] ** 2 * jnp.eye(self.T, dtype=v.dtype)
+
+    def natural_bounds(self):
+        return [_POS]
+
     def names(self, visits):
         return ["sigma"]
 
@@ -127,6 +155,12 @@ class Diag(_Structure):
     @property
     def n_params(self):
         return self.T
+
+    def natural_matrix(self, v):
+        return jnp.diag(v**2)
+
+    def natural_bounds(self):
+        return [_POS] * self.T
 
     def names(self, visits):
         return [f"sd[{v}]" for v in visits]
@@ -162,6 +196,12 @@ class CS(_Structure):
     @property
     def n_params(self):
         return 2
+
+    def natural_matrix(self, v):
+        return v[0] ** 2 * _cs_corr(v[1], self.T)
+
+    def natural_bounds(self):
+        return [_POS, (_cs_lower(self.T), 1.0)]
 
     def names(self, visits):
         return ["sigma", "rho"]
@@ -210,6 +250,12 @@ class CSH(_Structure):
     def n_params(self):
         return self.T + 1
 
+    def natural_matrix(self, v):
+        return _scale(_cs_corr(v[self.T], self.T), v[: self.T])
+
+    def natural_bounds(self):
+        return [_POS] * self.T + [(_cs_lower(self.T), 1.0)]
+
     def names(self, visits):
         return [f"sd[{v}]" for v in visits] + ["rho"]
 
@@ -251,6 +297,12 @@ class AR1(_Structure):
     def n_params(self):
         return 2
 
+    def natural_matrix(self, v):
+        return v[0] ** 2 * _lag_powers(v[1], self.T)
+
+    def natural_bounds(self):
+        return [_POS, _CORR]
+
     def names(self, visits):
         return ["sigma", "rho"]
 
@@ -285,6 +337,12 @@ class ARH1(_Structure):
     @property
     def n_params(self):
         return self.T + 1
+
+    def natural_matrix(self, v):
+        return _scale(_lag_powers(v[self.T], self.T), v[: self.T])
+
+    def natural_bounds(self):
+        return [_POS] * self.T + [_CORR]
 
     def names(self, visits):
         return [f"sd[{v}]" for v in visits] + ["rho"]
@@ -322,6 +380,12 @@ class UN(_Structure):
     @property
     def n_params(self):
         return self.T * (self.T + 1) // 2
+
+    def natural_matrix(self, v):
+        return _scale(_corr_from_upper(v[self.T :], self.T), v[: self.T])
+
+    def natural_bounds(self):
+        return [_POS] * self.T + [_CORR] * (self.T * (self.T - 1) // 2)
 
     def names(self, visits):
         T = self.T
@@ -428,6 +492,15 @@ class RandomBlock:
     def n_params(self):
         k = self.k
         return k * (k + 1) // 2 if self.correlated else k
+
+    def natural_matrix(self, v):
+        if not self.correlated:
+            return jnp.diag(v**2)
+        return _scale(_corr_from_upper(v[self.k :], self.k), v[: self.k])
+
+    def natural_bounds(self):
+        k = self.k
+        return [_POS] * k + ([_CORR] * (k * (k - 1) // 2) if self.correlated else [])
 
     def names(self):
         g = self.group

@@ -28,7 +28,7 @@ from jax.scipy.linalg import solve_triangular
 from . import linalg as small
 from .covariance import RandomBlock
 
-__all__ = ["ModelData", "ModelSpec", "deviance", "gls_pieces", "LOG2PI"]
+__all__ = ["ModelData", "ModelSpec", "NaturalSpec", "deviance", "gls_pieces", "LOG2PI"]
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -144,6 +144,47 @@ class ModelSpec:
         for b, s in zip(self.blocks, sl):
             flag = flag | b.is_boundary(theta[s], scale)
         return flag
+
+
+@dataclass(frozen=True)
+class NaturalSpec:
+    """The covariance model of ``base`` with its natural parameters (SDs, correlations, in the
+    order of ``base.names``) as the parameter vector.  Accepted wherever a :class:`ModelSpec`
+    is (``deviance(phi, data, NaturalSpec(spec))``); used by likelihood profiles, which fix
+    one natural parameter and optimise the others."""
+
+    base: ModelSpec
+
+    @property
+    def T(self):
+        return self.base.T
+
+    @property
+    def q(self):
+        return self.base.q
+
+    def _split(self):
+        out, i = [], 0
+        for b in self.base.blocks:
+            n = len(b.natural_bounds())
+            out.append(slice(i, i + n))
+            i += n
+        return out, slice(i, None)
+
+    def G(self, phi):
+        sl, _ = self._split()
+        return self.base._block_diag([b.natural_matrix(phi[s]) for b, s in zip(self.base.blocks, sl)])
+
+    def R(self, phi):
+        _, sr = self._split()
+        return self.base.resid.natural_matrix(phi[sr])
+
+    def bounds(self):
+        """(lower, upper) of every natural parameter."""
+        out = []
+        for b in self.base.blocks:
+            out += b.natural_bounds()
+        return out + self.base.resid.natural_bounds()
 
 
 def marginal_cov(theta, data: ModelData, spec: ModelSpec):

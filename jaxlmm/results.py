@@ -349,8 +349,12 @@ class LMMResult:
         parameters), carried to natural parameters by the delta method.  Intervals are built on
         a scale where the estimate is closer to normal and transformed back: ``log`` for SDs,
         Fisher's ``z = atanh`` for correlations.  Near a boundary (a variance ~0) Wald intervals
-        are unreliable; use profile or bootstrap intervals there.
+        are unreliable; use profile (:meth:`conf_int` with ``method="profile"``) or bootstrap
+        intervals there.
         """
+        return self._theta_wald(0.95)
+
+    def _theta_wald(self, level):
         import jax
 
         spec = self.model.spec
@@ -360,7 +364,7 @@ class LMMResult:
         cov = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
         est = self.theta
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        z = stats.norm.ppf(0.975)
+        z = stats.norm.ppf(0.5 + level / 2)
         lo, hi = np.empty(len(est)), np.empty(len(est))
         for i, (name, v) in enumerate(est.items()):
             if name.startswith("sd[") or name == "sigma":
@@ -372,6 +376,82 @@ class LMMResult:
                 lo[i], hi[i] = np.tanh(zt - z * s_z), np.tanh(zt + z * s_z)
         return pd.DataFrame({"estimate": est.to_numpy(), "std_error": se, "ci_lower": lo, "ci_upper": hi},
                             index=est.index)
+
+    def profile(self, which=None, n_points: int = 13, level_max: float = 0.99, criterion=None) -> pd.DataFrame:
+        """Likelihood profiles: for each parameter psi, ``zeta(psi) = sign(psi - psi_hat)
+        sqrt(d(psi) - d_min)`` with ``d(psi)`` the deviance minimised over all other parameters.
+
+        The grid (``n_points`` per parameter, about +-1.3 ``z_{level_max}`` Wald SEs on a log /
+        atanh scale) is evaluated in one batched, compiled solve.  Covariance parameters use the
+        fit's criterion (``criterion="ml"`` for ML, as lme4); fixed effects use ML.  Returns a
+        long DataFrame (``parameter, value, zeta, deviance, status``); see
+        :mod:`jaxlmm.profile`.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + ar1(visit | subject)", df)
+        >>> pr = res.profile(which="rho", n_points=5)
+        >>> [round(z, 1) for z in pr["zeta"]][2]
+        0.0
+        """
+        from .profile import profile
+
+        return profile(self, which=which, n_points=n_points, level_max=level_max, criterion=criterion)
+
+    def conf_int(self, method: str = "wald", level: float = 0.95, which=None, criterion=None, n: int = 1000,
+                 seed: int = 0) -> pd.DataFrame:
+        """Confidence intervals for the fixed effects and the covariance parameters.
+
+        - ``"wald"``: fixed effects ``beta_j +- t_{df} SE`` with this fit's df method (as
+          ``coef_table``); covariance parameters on the log (SD) / atanh (correlation) scale.
+        - ``"profile"``: profile-likelihood intervals ``{psi: d(psi) - d_min <= z^2}``
+          (:func:`jaxlmm.profile.confint_profile`; fixed effects on the ML deviance, covariance
+          parameters on the fit's criterion or ``criterion="ml"`` to match lme4's
+          ``confint(fit, method = "profile")``).
+        - ``"bootstrap"``: percentile intervals from ``n`` parametric-bootstrap refits.
+
+        Returns a DataFrame indexed by parameter with ``estimate, lower, upper``.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + ar1(visit | subject)", df)
+        >>> ci = res.conf_int(method="profile", which=["rho", "time"])
+        >>> bool(ci.loc["rho", "lower"] < res.theta["rho"] < ci.loc["rho", "upper"])
+        True
+        """
+        from .errors import LMMError
+
+        if not 0 < level < 1:
+            raise LMMError(f"level must be in (0, 1), got {level!r}.")
+        if method == "profile":
+            from .profile import confint_profile
+
+            return confint_profile(self, which=which, level=level, criterion=criterion)
+        if method == "wald":
+            ct = self.coef_table
+            q = stats.t.ppf(0.5 + level / 2, ct["df"])
+            fx = pd.DataFrame({"estimate": ct["estimate"], "lower": ct["estimate"] - q * ct["std_error"],
+                               "upper": ct["estimate"] + q * ct["std_error"]})
+            th = self._theta_wald(level)
+            tt = pd.DataFrame({"estimate": th["estimate"], "lower": th["ci_lower"], "upper": th["ci_upper"]})
+            out = pd.concat([tt, fx])
+        elif method == "bootstrap":
+            ci = self.bootstrap(n=n, seed=seed).conf_int("percentile", level)
+            out = ci.loc[list(self.theta.index) + list(self.info.fixed_names), ["estimate", "lower", "upper"]]
+        else:
+            raise LMMError(f"method must be 'wald', 'profile' or 'bootstrap', got {method!r}.")
+        out.index.name = "parameter"
+        if which is not None:
+            which = [which] if isinstance(which, str) else list(which)
+            missing = [w for w in which if w not in out.index]
+            if missing:
+                raise LMMError(f"Unknown parameter(s) {missing} in which=; choose from {list(out.index)}.")
+            out = out.loc[which]
+        return out
 
     @property
     def theta_unconstrained(self) -> np.ndarray:

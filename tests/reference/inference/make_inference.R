@@ -508,7 +508,7 @@ profile_case <- function(ds, re, jax_re, reml, meaning) {
   d <- get_ds(ds)
   fstr <- paste("y ~ time + arm + x +", re)
   fit <- lme4::lmer(as.formula(fstr), data = d, REML = reml, control = LMER_CTRL)
-  tag <- if (grepl("time \\|", re)) "corr" else "int"
+  tag <- if (grepl("\\|\\|", re)) "uncorr" else if (grepl("time \\|", re)) "corr" else "int"
   out <- base_info(
     sprintf("profile_lmer_%s_%s_%s", tag, ds, if (reml) "reml" else "ml"), "intervals", ds, d,
     sprintf("confint(lme4::lmer(%s, data, REML = %s), method = \"profile\", level = 0.95, oldNames = TRUE)", fstr, reml),
@@ -693,6 +693,14 @@ for (reml in c(TRUE, FALSE)) {
   add(profile_case("re_slope", "(time | subject)", "(time | subject)", reml, meaning_corr))
 }
 add(profile_case("re_slope", "(1 | subject)", "(1 | subject)", TRUE, meaning_int))
+# a singular fit: the slope SD is 0, its profile interval starts at the bound
+meaning_uncorr <- list(
+  .sig01 = "sd of the random intercept (subject)",
+  .sig02 = "sd of the random slope on time (subject), estimated as 0 (singular fit)",
+  .sigma = "residual sd",
+  fixed = "rows named like coefficients are profile intervals for the fixed effects"
+)
+add(profile_case("re_boundary", "(time || subject)", "(time || subject)", FALSE, meaning_uncorr))
 for (reml in c(TRUE, FALSE)) add(gls_intervals_case("monotone", reml))
 
 cat("group 5: likelihood-ratio tests\n")
