@@ -249,12 +249,19 @@ class LMMResult:
                          "p_value": t["p_value"]})
         return pd.DataFrame(rows).set_index("term")
 
-    def emmeans(self, specs, by=None, pairs: bool = False, level: float = 0.95) -> pd.DataFrame:
+    def emmeans(self, specs, by=None, pairs: bool = False, level: float = 0.95, adjust: str = "tukey") -> pd.DataFrame:
         """Estimated marginal means (LS-means) on the model's reference grid, as SAS LSMEANS and
         R emmeans: every combination of the factors in ``specs`` (and ``by``), other factors
         averaged with equal weights, numeric covariates at their mean over the rows used.
-        With ``pairs=True``: all pairwise differences within each ``by`` group (unadjusted
-        p-values).  SEs and df follow the fit's df method (KR-adjusted under Kenward-Roger).
+        An LS-mean is ``l' beta_hat`` with ``l`` the average of the grid rows' design vectors;
+        its SE is ``sqrt(l' Phi l)`` and its df the fit's df method (KR-adjusted ``Phi`` under
+        Kenward-Roger).
+
+        With ``pairs=True``: all pairwise differences within each ``by`` group, with t tests.
+        ``adjust`` sets the multiplicity adjustment over the ``k`` means of a group: ``"tukey"``
+        (default, as emmeans and SAS ``ADJUST=TUKEY``: ``p = P(Q_{k,df} > sqrt(2) |t|)`` with
+        ``Q`` the studentized range; intervals use ``q_{k,df}(level) / sqrt(2)``),
+        ``"bonferroni"`` (p times the number of pairs in the group, capped at 1) or ``"none"``.
 
         Examples
         --------
@@ -269,6 +276,7 @@ class LMMResult:
         import formulaic
 
         from .design import _levels, new_design_rows
+        from .errors import LMMError
         from .inference import wald_test
 
         specs = [specs] if isinstance(specs, str) else list(specs)
@@ -303,15 +311,21 @@ class LMMResult:
         L = np.array(Ls)
         out = pd.DataFrame(rows)
         if pairs:
-            prow, pL = [], []
+            if adjust not in ("tukey", "bonferroni", "none"):
+                raise LMMError(f"adjust must be 'tukey', 'bonferroni' or 'none', got {adjust!r}.")
+            prow, pL, n_means, n_pairs = [], [], [], []
             bykeys = out[by].astype(object).apply(tuple, axis=1) if by else pd.Series([()] * len(out))
             for b in dict.fromkeys(bykeys):
                 ii = [i for i in range(len(out)) if bykeys.iloc[i] == b]
-                for a_, c_ in itertools.combinations(ii, 2):
+                combos = list(itertools.combinations(ii, 2))
+                for a_, c_ in combos:
                     lab = " - ".join(" ".join(str(out.loc[j, k]) for k in specs) for j in (a_, c_))
                     prow.append({**dict(zip(by, b)), "contrast": lab})
                     pL.append(L[a_] - L[c_])
+                    n_means.append(len(ii))
+                    n_pairs.append(len(combos))
             out, L = pd.DataFrame(prow), np.array(pL)
+            n_means, n_pairs = np.array(n_means), np.array(n_pairs)
         res = [wald_test(self, Li) for Li in L]
         est = np.array([r["estimate"] for r in res])
         se = np.array([r["std_error"] for r in res])
@@ -320,8 +334,18 @@ class LMMResult:
         name = "estimate" if pairs else "emmean"
         out[name], out["std_error"], out["df"] = est, se, df
         if pairs:
-            out["t_value"] = est / se
-            out["p_value"] = 2 * stats.t.sf(np.abs(est / se), df)
+            t = est / se
+            out["t_value"] = t
+            p_raw = 2 * stats.t.sf(np.abs(t), df)
+            if adjust == "none":
+                out["p_value"] = p_raw
+            elif adjust == "tukey":
+                out["p_value"] = stats.studentized_range.sf(np.sqrt(2) * np.abs(t), n_means, df)
+                q = stats.studentized_range.ppf(level, n_means, df) / np.sqrt(2)
+            else:  # bonferroni
+                out["p_value"] = np.minimum(1.0, p_raw * n_pairs)
+                q = stats.t.ppf(1 - (1 - level) / (2 * n_pairs), df)
+            out["adjust"] = adjust
         out["ci_lower"], out["ci_upper"] = est - q * se, est + q * se
         return out
 

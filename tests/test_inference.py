@@ -254,7 +254,21 @@ def test_emmeans_against_r(method, key):
         row = pairs.loc[(con, v)]
         assert row.estimate == pytest.approx(pr["estimate"][i], rel=1e-6, abs=1e-9)
         assert row.std_error == pytest.approx(pr["se"][i], rel=1e-5)
-        assert row.p_value == pytest.approx(pr["p_none"][i], rel=1e-3)
+        assert row.p_value == pytest.approx(pr["p_tukey"][i], rel=1e-3)
+    raw = res.emmeans("arm", by="visit", pairs=True, adjust="none").set_index(["contrast", "visit"])
+    bonf = res.emmeans("arm", by="visit", pairs=True, adjust="bonferroni").set_index(["contrast", "visit"])
+    for i, (con, v) in enumerate(zip(pr["grid"]["contrast"], pr["grid"]["visit"])):
+        assert raw.loc[(con, v)].p_value == pytest.approx(pr["p_none"][i], rel=1e-3)
+        assert bonf.loc[(con, v)].p_value == pytest.approx(min(1.0, 3 * pr["p_none"][i]), rel=1e-3)
+    # Tukey intervals are wider than unadjusted ones and narrower than Bonferroni's
+    w = {k: (t.ci_upper - t.ci_lower).iloc[0] for k, t in (("none", raw), ("tukey", pairs), ("bonf", bonf))}
+    assert w["none"] < w["tukey"] < w["bonf"]
+    marg = c["emmeans"]["arm"][key]["pairs"]
+    mp = res.emmeans("arm", pairs=True).set_index("contrast")
+    for i, con in enumerate(marg["grid"]["contrast"]):
+        assert mp.loc[con].p_value == pytest.approx(marg["p_tukey"][i], rel=1e-3)
+    with pytest.raises(ValueError, match="adjust must be"):
+        res.emmeans("arm", pairs=True, adjust="holm")
     with pytest.raises(ValueError, match="not a factor"):
         res.emmeans("x")
 
