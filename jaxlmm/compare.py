@@ -51,7 +51,21 @@ def _mixture(small, big):
 
 
 def lrt(small, big) -> dict:
-    """Likelihood-ratio test of ``small`` nested in ``big`` (boundary-aware, see module doc)."""
+    """Likelihood-ratio test of ``small`` nested in ``big`` (boundary-aware, see module doc).
+
+    ``LR = 2 (log L_big - log L_small)`` against chi2(df), or against the chi-bar-square
+    mixture ``0.5 chi2(a) + 0.5 chi2(b)`` when the extra parameters include a variance on its
+    boundary (one extra random effect: a = k - 1, b = k for k random effects in ``big``).
+
+    Examples
+    --------
+    >>> import jaxlmm as lmm
+    >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+    >>> res = lmm.fit("y ~ time + arm + ar1(visit | subject)", df)
+    >>> small = lmm.fit("y ~ time + arm + cs(visit | subject)", df)
+    >>> lrt(small, lmm.fit("y ~ time + arm + csh(visit | subject)", df))["df"]
+    3
+    """
     stat = max(2.0 * (big.loglik - small.loglik), 0.0)
     df = (big.n_theta + (0 if big.reml else big.p)) - (small.n_theta + (0 if small.reml else small.p))
     mix = _mixture(small, big)

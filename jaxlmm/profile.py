@@ -248,6 +248,15 @@ def profile(result, which=None, n_points: int = 13, level_max: float = 0.99, cri
     for SDs, atanh-type for correlations, identity for fixed effects), covering about
     ``+- 1.3 z_{level_max}`` Wald SEs on that scale.  Returns a long DataFrame with columns
     ``parameter, value`` (natural units), ``zeta``, ``deviance``, ``status``.
+
+    Examples
+    --------
+    >>> import jaxlmm as lmm
+    >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+    >>> res = lmm.fit("y ~ time + ar1(visit | subject)", df)
+    >>> pr = profile(res, which="time", n_points=5)
+    >>> bool(pr["zeta"].is_monotonic_increasing)
+    True
     """
     prob = _Problem(result, criterion)
     tgts = prob.targets(which)
@@ -281,6 +290,15 @@ def confint_profile(result, which=None, level: float = 0.95, criterion=None, max
     on the profiling scale.  An SD or correlation whose profile never reaches ``z`` before its
     bound gets the bound (e.g. 0 for an SD at a singular fit), as lme4 does.
     Returns a DataFrame indexed by parameter with ``estimate, lower, upper``.
+
+    Examples
+    --------
+    >>> import jaxlmm as lmm
+    >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+    >>> res = lmm.fit("y ~ time + ar1(visit | subject)", df)
+    >>> ci = confint_profile(res, which="sigma")
+    >>> bool(ci.loc["sigma", "lower"] < res.theta["sigma"] < ci.loc["sigma", "upper"])
+    True
     """
     if not 0 < level < 1:
         raise LMMError(f"level must be in (0, 1), got {level!r}.")

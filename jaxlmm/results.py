@@ -137,7 +137,19 @@ class LMMResult:
         ``kr_information``: the covariance of the variance parameters used by Kenward-Roger,
         ``"expected"`` (inverse expected REML information, as pbkrtest / lmerTest),
         ``"observed"`` (inverse observed information, as SAS PROC MIXED and mmrm), or
-        ``"auto"``: observed for models with a covariance term, expected otherwise."""
+        ``"auto"``: observed for models with a covariance term, expected otherwise.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + arm + ar1(visit | subject)", df)
+        >>> kr = res.with_ddf("kenward-roger")
+        >>> kr.ddf_method, res.ddf_method
+        ('kenward-roger', 'satterthwaite')
+        >>> bool(kr.coef_table.loc["time", "std_error"] >= res.coef_table.loc["time", "std_error"])
+        True
+        """
         import copy
 
         from .inference import DDF_METHODS
@@ -155,7 +167,20 @@ class LMMResult:
     @property
     def coef_table(self) -> pd.DataFrame:
         """Estimates with SEs, df (``ddf_method``), t, two-sided p and 95% CIs.  Under
-        Kenward-Roger the SEs are the KR-adjusted ones (as SAS and pbkrtest)."""
+        Kenward-Roger the SEs are the KR-adjusted ones (as SAS and pbkrtest).
+
+        ``SE_j = sqrt(Phi_jj)`` with ``Phi = (X'V^-1X)^-1`` at the estimate (KR's ``Phi_A``
+        under Kenward-Roger), ``t = beta_j / SE_j``, ``p = 2 P(t_df > |t|)``, CI ``beta_j +-
+        t_{df, 0.975} SE_j``.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + arm + ar1(visit | subject)", df)
+        >>> list(res.coef_table.columns)
+        ['estimate', 'std_error', 'df', 't_value', 'p_value', 'ci_lower', 'ci_upper']
+        """
         est = self._beta
         se = np.sqrt(np.diag(self._vcov_used()))
         df = self._df()
@@ -352,7 +377,17 @@ class LMMResult:
     def vcov_sandwich(self, kind: str = "CR2") -> pd.DataFrame:
         """Cluster-robust covariance of beta by subject: ``"CR0"`` (SAS ``EMPIRICAL``) or the
         bias-reduced ``"CR2"`` (mmrm "Empirical-Bias-Reduced"); see
-        :func:`jaxlmm.inference.sandwich`."""
+        :func:`jaxlmm.inference.sandwich`.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + arm + ar1(visit | subject)", df)
+        >>> V = res.vcov_sandwich("CR2")
+        >>> V.shape
+        (3, 3)
+        """
         from .inference import sandwich
 
         n = self.info.fixed_names
@@ -375,6 +410,14 @@ class LMMResult:
         Fisher's ``z = atanh`` for correlations.  Near a boundary (a variance ~0) Wald intervals
         are unreliable; use profile (:meth:`conf_int` with ``method="profile"``) or bootstrap
         intervals there.
+
+        Examples
+        --------
+        >>> import jaxlmm as lmm
+        >>> df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+        >>> res = lmm.fit("y ~ time + arm + ar1(visit | subject)", df)
+        >>> res.theta_table.columns.tolist()
+        ['estimate', 'std_error', 'ci_lower', 'ci_upper']
         """
         return self._theta_wald(0.95)
 
