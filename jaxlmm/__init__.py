@@ -27,6 +27,16 @@ from .batch import BatchResult, fit_many  # noqa: E402
 from .bootstrap import BootstrapResult  # noqa: E402
 from .compare import Selection, bootstrap_lrt, compare, lrt, select_covariance, select_random  # noqa: E402
 from .datasets import example_trial, simulate_longitudinal  # noqa: E402
+from .differentiate import (  # noqa: E402
+    Solution,
+    fixed_effects_vcov,
+    influence,
+    loglik,
+    params_from_result,
+    profiled_deviance,
+    solve,
+    weighted_deviance,
+)
 from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
 from .likelihood import ModelData, ModelSpec, deviance  # noqa: E402
@@ -50,6 +60,14 @@ __all__ = [
     "BootstrapResult",
     "LMMResult",
     "deviance",
+    "solve",
+    "Solution",
+    "influence",
+    "loglik",
+    "params_from_result",
+    "profiled_deviance",
+    "weighted_deviance",
+    "fixed_effects_vcov",
     "ModelData",
     "ModelSpec",
     "example_trial",
