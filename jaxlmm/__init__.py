@@ -42,6 +42,7 @@ from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
 from .likelihood import ModelData, ModelSpec, deviance  # noqa: E402
 from .model import Model, fit  # noqa: E402
 from .optimize import STATUS  # noqa: E402
+from .power import Design, Dropout, SampleSize, Truth, operating_characteristics, power, sample_size, simulate_trials  # noqa: E402
 from .results import LMMResult  # noqa: E402
 
 __version__ = "0.1.0"
@@ -79,4 +80,12 @@ __all__ = [
     "FormulaError",
     "DataError",
     "ConvergenceWarning",
+    "power",
+    "sample_size",
+    "operating_characteristics",
+    "simulate_trials",
+    "Design",
+    "Dropout",
+    "Truth",
+    "SampleSize",
 ]
