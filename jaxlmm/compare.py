@@ -24,7 +24,7 @@ from scipy import stats
 
 from .errors import LMMError
 
-__all__ = ["compare", "lrt"]
+__all__ = ["compare", "lrt", "nested"]
 
 
 def _re_columns(res):
@@ -48,6 +48,28 @@ def _mixture(small, big):
     _, cols, corr = new[0]
     k = len(cols) if corr else 1
     return (k - 1, k)
+
+
+# residual structures nested in others (same visits): a special case by parameter restriction
+_RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "un", "diag")} | {
+    ("cs", "csh"), ("cs", "un"), ("csh", "un"), ("ar1", "arh1"), ("ar1", "un"), ("arh1", "un"),
+    ("diag", "csh"), ("diag", "arh1"), ("diag", "un")}
+
+
+def nested(small, big):
+    """True when ``small`` is a special case of ``big``, False when it is known not to be (the
+    same random part and residual structures that do not nest, e.g. CSH and AR(1)), None when
+    it cannot be told from the model terms."""
+    ss, sb = small.model.spec, big.model.spec
+    rs, rb = ss.resid.name, sb.resid.name
+    resid_ok = rs == rb or (rs, rb) in _RESID_NESTED
+    cols_s = [frozenset(b.columns) | {b.group} for b in ss.blocks]
+    cols_b = [frozenset(b.columns) | {b.group} for b in sb.blocks]
+    if sorted(map(sorted, cols_s)) == sorted(map(sorted, cols_b)) and not resid_ok:
+        return False
+    blocks_ok = all(any(s <= b for b in cols_b) for s in cols_s)
+    fixed_ok = set(small.info.fixed_names) <= set(big.info.fixed_names)
+    return True if (resid_ok and blocks_ok and fixed_ok) else None
 
 
 def lrt(small, big) -> dict:
@@ -84,7 +106,8 @@ def compare(*results, names=None) -> pd.DataFrame:
     """Information criteria for several fits of the same data, and LRTs between consecutive ones.
 
     Models are ordered by their number of parameters; an LRT is reported for each model against
-    the previous one (it is valid when they are nested).  REML fits must share their fixed
+    the previous one when it can be nested in it (valid only then; pairs of residual structures
+    that do not nest, such as CSH and AR(1) with the same random part, say "not nested").  REML fits must share their fixed
     effects (REML likelihoods of different fixed effects are not comparable): refit with
     ``reml=False`` to compare mean models.
 
@@ -123,7 +146,9 @@ def compare(*results, names=None) -> pd.DataFrame:
         r = results[i]
         row = {"model": names[i], "npar": r.n_params, "logLik": r.loglik, "deviance": r.deviance, "AIC": r.aic,
                "AICc": r.aicc, "BIC": r.bic, "method": "REML" if r.reml else "ML"}
-        if prev is not None and r.n_params > prev.n_params:
+        if prev is not None and r.n_params > prev.n_params and nested(prev, r) is False:
+            row.update({"LRT": np.nan, "df": np.nan, "p_value": np.nan, "reference": "not nested"})
+        elif prev is not None and r.n_params > prev.n_params:
             t = lrt(prev, r)
             row.update({"LRT": t["statistic"], "df": t["df"], "p_value": t["p_value"], "reference": t["reference"]})
         else:

@@ -287,3 +287,16 @@ def test_type3_anova_against_lmertest(name, method, key):
         assert row.num_df == ref["num_df"][i]
         assert row.F == pytest.approx(ref["F"][i], rel=1e-4), term
         assert row.den_df == pytest.approx(ref["den_df"][i], rel=1e-3), term
+
+
+def test_compare_marks_pairs_that_do_not_nest():
+    from jaxlmm.compare import nested
+
+    df = lmm.simulate_longitudinal(30, 4, seed=2, cov="ar1")
+    ar1 = lmm.fit("y ~ time + ar1(visit | subject)", df)
+    csh = lmm.fit("y ~ time + csh(visit | subject)", df)
+    un = lmm.fit("y ~ time + un(visit | subject)", df)
+    table = lmm.compare(ar1, csh, un, names=["ar1", "csh", "un"])
+    assert table.loc["csh", "reference"] == "not nested" and np.isnan(table.loc["csh", "LRT"])
+    assert table.loc["un", "reference"] == "chi2(4)"  # un (10) against csh (5)
+    assert nested(ar1, un) is True and nested(csh, ar1) is False and nested(ar1, csh) is False
