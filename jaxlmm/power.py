@@ -22,9 +22,9 @@ per-pattern sufficient statistics (:func:`jaxlmm.likelihood.deviance_patterns`) 
 evaluation costs O(patterns x T^2 p^2) instead of O(subjects x T^3).  Models whose
 random-effects rows differ between subjects use the per-subject likelihood instead.
 
-Replicates whose fit fails (status other than converged or boundary) are refitted once with the
-full Newton method from moment-based starting values; those that still fail are counted in
-``n_failed`` and **excluded** from power, bias, SEs and coverage.
+Replicates whose fit fails (status other than converged or boundary) get a second attempt from
+their own moment-based starting values with more iterations; those that still fail are counted
+in ``n_failed`` and **excluded** from power, bias, SEs and coverage.
 
 Reproducibility
 ---------------
@@ -32,7 +32,9 @@ Scenario ``s`` (its row in the grid) and replicate ``r`` draw from
 ``k = fold_in(fold_in(PRNGKey(seed), s), r)``; subject ``i`` of arm ``a`` draws its errors, random
 effects and dropout uniforms from ``fold_in(k, a * 2**20 + i)``.  A trial is therefore the same
 whatever the chunk size, the number of devices, ``nsim`` (replicate r of a longer run is the
-same trial) and the largest n of the grid, and results are bit-identical on one machine.
+same trial) and the largest n of the grid.  The fits are bit-identical on one machine whatever
+the chunk size, ``nsim`` or the number of devices: every compiled call fits its trials in blocks
+of exactly :data:`BLOCK` (``lax.map`` over blocks, ``vmap`` within), see ``docs/power.md``.
 """
 
 from __future__ import annotations
@@ -373,7 +375,7 @@ def wilson_interval(k, n, level: float = 0.95):
     >>> from jaxlmm.power import wilson_interval
     >>> lo, hi = wilson_interval(80, 100)
     >>> round(float(lo), 4), round(float(hi), 4)
-    (0.7111, 0.8666)
+    (0.7112, 0.8666)
     """
     from scipy import stats
 
@@ -1067,8 +1069,12 @@ def power(formula: str, design: Design, truth: Truth, hypothesis, *, grid=None, 
 
     Notes
     -----
-    Failed fits (status other than converged or boundary, after a retry with the full Newton
-    method) are excluded: power is ``rejections / n_ok``.  Boundary fits are kept and counted.
+    The test: ``t = c'beta_hat / sqrt(c'A^-1 c)`` with ``A = X'V^-1X`` at the REML (or ML)
+    estimate, two-sided p value from t(df); Satterthwaite ``df = 2 v^2 / (g' W g)`` with
+    ``v = c'A(theta)^-1 c``, ``g = dv/dtheta`` (autodiff) and ``W = 2 H^-1``, ``H`` the Hessian of
+    -2 log L at the estimate (as ``res.coef_table``).  Failed fits (status other than converged
+    or boundary after a second attempt) are excluded: power is ``rejections / n_ok``.  Boundary
+    fits are kept and counted.  Power intervals are Wilson score intervals.
 
     Examples
     --------
@@ -1250,13 +1256,13 @@ def sample_size(formula: str, design: Design, truth: Truth, hypothesis, *, targe
 
 
 def simulate_trials(formula: str, design: Design, truth: Truth, *, grid=None, scenario: int = 0,
-                    replicates=(0,), seed: int = 0) -> pd.DataFrame:
+                    replicates=(0,), seed: int = 0, hypothesis=None) -> pd.DataFrame:
     """The simulated trials that :func:`power` fits, as a long data frame.
 
     Returns the design's columns plus the response (named as in ``formula``) and a column
     ``replicate``; rows of subjects beyond the scenario's n are left out, missing visits are
     NaN.  Same keys as :func:`power` with the same ``seed`` and ``grid`` (to check a trial, or
-    to fit it with other software).
+    to fit it with other software).  A grid with ``effect`` needs the ``hypothesis`` too.
 
     Examples
     --------
@@ -1271,7 +1277,10 @@ def simulate_trials(formula: str, design: Design, truth: Truth, *, grid=None, sc
     if not 0 <= int(scenario) < len(rows):
         raise LMMError(f"scenario must index the grid's rows (0..{len(rows) - 1}), got {scenario!r}.")
     n_max = _max_n(rows, design)
-    study = _Study(formula, design, truth, None, n_max, ddf="residual", reml=True, kinds=_kinds(rows, design))
+    if hypothesis is None and any("effect" in r for r in rows):
+        raise LMMError("simulate_trials: the grid sets 'effect', the true value of the hypothesis; pass hypothesis=... "
+                       "as to lmm.power.")
+    study = _Study(formula, design, truth, hypothesis, n_max, ddf="residual", reml=True, kinds=_kinds(rows, design))
     scens = [study.scenario(r, n_max) for r in rows]
     tab = study.tables(scens)
     runner = _Runner(study, seed)
