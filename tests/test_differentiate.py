@@ -12,6 +12,7 @@ import jaxlmm as lmm
 from jaxlmm.errors import DataError, LMMError
 
 TIGHT = 1e-20  # run Newton until no further decrease is measurable (then polished)
+BOUNDARY_SEED = 3  # both random-effect SDs estimated at ~0
 
 
 def _jnp(arrays):
@@ -52,12 +53,22 @@ def infl(ar1):
 
 @pytest.fixture(scope="module")
 def gside():
-    """G-side random intercept and slope, ML: 20 subjects x 4 visits."""
+    """G-side random intercept and slope, ML: 20 subjects x 4 visits.  ``JVP(data, w, tangents)``
+    is one compiled program for every dataset of this shape."""
     df = lmm.simulate_longitudinal(20, 4, cov="id", sd=1.0, re_sd=(1.0, 0.5), re_corr=0.3, seed=5)
     model = lmm.Model("y ~ time * arm + (time | subject)", df)
     res = model.fit(reml=False)
     assert res.status == 0
-    return dict(df=df, model=model, res=res, data=_jnp(model.arrays), spec=model.spec)
+
+    def solution(data, y, Z, w):
+        s = lmm.solve(data._replace(y=y, Z=Z), model.spec, False, w, tol=TIGHT)  # moment-based start
+        return s.beta, s.theta, s.deviance, s.status
+
+    @jax.jit
+    def JVP(data, w, dy, dZ, dw):
+        return jax.jvp(lambda y, Z, w: solution(data, y, Z, w), (data.y, data.Z, w), (dy, dZ, dw))
+
+    return dict(df=df, model=model, res=res, data=_jnp(model.arrays), spec=model.spec, JVP=JVP)
 
 
 def _rel(a, b):
@@ -132,22 +143,20 @@ def test_reverse_mode_and_jacobian(ar1, infl):
 
 def test_gside_ml_derivatives(gside):
     """Random intercept + slope (ML): derivatives in y, Z and w against finite differences."""
-    data, spec, res = gside["data"], gside["spec"], gside["res"]
+    data, res, JVP = gside["data"], gside["res"], gside["JVP"]
     w = jnp.ones(data.y.shape[0])
-
-    def solution(y, Z, w):
-        s = lmm.solve(data._replace(y=y, Z=Z), spec, False, w, tol=TIGHT)  # moment-based start
-        return s.beta, s.theta, s.deviance
-
-    JVP = jax.jit(lambda *a: jax.jvp(solution, a[:3], a[3:]))
     rng = np.random.default_rng(5)
     t = (jnp.asarray(rng.normal(size=data.y.shape)) * data.m, jnp.asarray(rng.normal(size=data.Z.shape)) * data.m[..., None],
          jnp.asarray(rng.normal(size=w.shape)))
-    (_, _, dev), jv = JVP(data.y, data.Z, w, *t)
-    assert abs(float(dev) - res.deviance) < 1e-8
+    (_, _, dev, status), jv = JVP(data, w, *t)
+    assert int(status) == 0 and abs(float(dev) - res.deviance) < 1e-8
     zero = [jnp.zeros_like(a) for a in t]
-    fd = _fd(lambda *a: JVP(*a, *zero)[0], (data.y, data.Z, w), t, 1e-5)
-    worst = max(_rel(a, b) for a, b in zip(jv, fd))
+
+    def F(y, Z, w):
+        return JVP(data._replace(y=y, Z=Z), w, *zero)[0][:3]
+
+    fd = _fd(F, (data.y, data.Z, w), t, 1e-5)
+    worst = max(_rel(a, b) for a, b in zip(jv[:3], fd))
     assert worst < 1e-6, worst
 
 
@@ -302,20 +311,20 @@ def test_design_optimisation_example():
 # ------------------------------------------------------------------------------------------
 
 
-def test_boundary_fit_nan_derivatives_and_influence_raises():
-    df = lmm.simulate_longitudinal(16, 3, cov="id", sd=1.0, re_sd=(0.0, 0.0), seed=1)
-    model = lmm.Model("y ~ time * arm + x + (1 | subject)", df)
+def test_boundary_fit_nan_derivatives_and_influence_raises(gside):
+    """A zero random-slope/intercept variance: status 1, NaN derivatives, influence() raises."""
+    df = lmm.simulate_longitudinal(20, 4, cov="id", sd=1.0, re_sd=(0.0, 0.0), beta_x=0.0, seed=BOUNDARY_SEED)
+    model = lmm.Model("y ~ time * arm + (time | subject)", df)  # the shapes of the gside fixture
     with pytest.warns(lmm.ConvergenceWarning):
-        res = model.fit()
+        res = model.fit(reml=False)
     assert res.boundary
     with pytest.raises(LMMError, match="boundary"):
         lmm.influence(res)
-    data, spec = _jnp(model.arrays), model.spec
-    th0 = jnp.asarray(res.theta_unconstrained)
-    sol, dsol = jax.jit(lambda y, dy: jax.jvp(lambda y: lmm.solve(data._replace(y=y), spec, theta0=th0), (y,), (dy,)))(
-        data.y, data.m)
-    assert int(sol.status) == 1 and abs(float(sol.deviance) - res.deviance) < 1e-6
-    assert bool(jnp.all(jnp.isnan(dsol.theta))) and bool(jnp.all(jnp.isnan(dsol.beta)))
+    data = _jnp(model.arrays)
+    w = jnp.ones(data.y.shape[0])
+    (_, _, dev, status), (dbeta, dtheta, _, _) = gside["JVP"](data, w, data.m, jnp.zeros_like(data.Z), w)
+    assert int(status) == 1 and abs(float(dev) - res.deviance) < 1e-6
+    assert bool(jnp.all(jnp.isnan(dtheta))) and bool(jnp.all(jnp.isnan(dbeta)))
 
 
 def test_bad_input(ar1):
