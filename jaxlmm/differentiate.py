@@ -54,7 +54,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 
 from .errors import DataError, LMMError
 from .likelihood import LOG2PI, ModelData, ModelSpec
-from .optimize import BOUNDARY, CONVERGED, STATUS, newton
+from .optimize import BOUNDARY, CONVERGED, newton
 
 __all__ = [
     "Solution",

@@ -88,7 +88,7 @@ def _fd(F, args, tangents, eps):
 
 
 def test_solve_equals_fit_and_zero_weight_drops_subject(ar1):
-    res, data, spec = ar1["res"], ar1["data"], ar1["spec"]
+    res, data = ar1["res"], ar1["data"]
     beta, theta, dev = ar1["F"](data.y, data.X, ar1["w"])
     assert abs(float(dev) - res.deviance) < 1e-8
     np.testing.assert_allclose(beta, res.fixef.to_numpy(), rtol=1e-6)
