@@ -1,4 +1,13 @@
-"""The ``jaxlmm`` command line: ``jaxlmm demo`` and ``jaxlmm fit data.csv "FORMULA"``."""
+"""The ``jaxlmm`` command line.
+
+    jaxlmm demo
+    jaxlmm fit data.csv "FORMULA" [--ml] [--ddf kenward-roger] [--ci profile] [--json]
+    jaxlmm compare data.csv "MEAN FORMULA" --visit V --subject S [--structures un,cs,ar1] [--json]
+    jaxlmm bootstrap data.csv "FORMULA" [-n 1000] [--seed 0] [--json]
+
+Data files are CSV or Parquet (``.parquet``/``.pq``).  Output is the same text as the Python
+API's summaries, or JSON with ``--json``.  Bad input exits with status 2 and a one-line message.
+"""
 
 from __future__ import annotations
 
@@ -45,19 +54,49 @@ def _demo(args) -> int:
     return 0
 
 
+class CLIError(Exception):
+    """A one-line message for the user; exit status 2."""
+
+
 def _read(path):
+    import os
+
     import pandas as pd
 
-    if str(path).endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
+    if not os.path.exists(path):
+        raise CLIError(f"data file {path!r} not found (give a CSV or Parquet file)")
+    low = str(path).lower()
+    try:
+        if low.endswith((".parquet", ".pq")):
+            return pd.read_parquet(path)
+        if low.endswith((".csv", ".txt", ".csv.gz")):
+            return pd.read_csv(path)
+    except ImportError as e:
+        raise CLIError(f"reading {path!r} needs an extra package: {e} (pip install pyarrow)") from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CLIError(f"could not read {path!r} as {'Parquet' if 'parquet' in low else 'CSV'}: "
+                       f"{str(e).splitlines()[0]}") from e
+    raise CLIError(f"{path!r}: unknown file type; use .csv or .parquet")
+
+
+def _table_json(df):
+    import numpy as np
+
+    out = df.reset_index().replace({np.nan: None})
+    return out.to_dict(orient="records")
 
 
 def _fit(args) -> int:
     import jaxlmm as lmm
 
     df = _read(args.data)
-    res = lmm.fit(args.formula, df, reml=not args.ml)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", lmm.ConvergenceWarning)
+        res = lmm.fit(args.formula, df, reml=not args.ml, ddf=args.ddf)
+    for w in caught:
+        if issubclass(w.category, lmm.ConvergenceWarning):
+            print(f"jaxlmm: warning: {w.message}", file=sys.stderr)
+    ci = res.conf_int(method=args.ci) if args.ci else None
     if args.json:
         out = {
             "formula": args.formula,
@@ -70,10 +109,63 @@ def _fit(args) -> int:
             "status": res.status_message,
             "fixef": res.coef_table.reset_index(names="term").to_dict(orient="records"),
             "theta": res.theta.to_dict(),
+            "ddf": res.ddf_method,
         }
+        if ci is not None:
+            out["conf_int"] = {"method": args.ci, "intervals": _table_json(ci)}
         print(json.dumps(out, indent=2))
     else:
         print(res.summary())
+        if ci is not None:
+            print(f"\n95% confidence intervals ({args.ci})")
+            print(ci.to_string(float_format=lambda v: f"{v:.6g}"))
+    return 0
+
+
+def _compare(args) -> int:
+    import jaxlmm as lmm
+
+    df = _read(args.data)
+    structures = tuple(s.strip() for s in args.structures.split(",") if s.strip())
+    unknown = [s for s in structures if s not in lmm.COVARIANCE_NAMES]
+    if unknown:
+        raise CLIError(f"unknown structure(s) {unknown} in --structures; choose from {sorted(lmm.COVARIANCE_NAMES)}")
+    if "~" not in args.formula or "|" in args.formula:
+        raise CLIError("give the mean model only, e.g. \"y ~ arm * visit\"; the covariance terms are "
+                       "added for each structure in --structures")
+    sel = lmm.select_covariance(args.formula, df, visit=args.visit, subject=args.subject, structures=structures,
+                                criterion=args.criterion, reml=not args.ml)
+    if args.json:
+        out = {"criterion": args.criterion, "method": "ML" if args.ml else "REML", "best": sel.best_name,
+               "table": _table_json(sel.table), "lrt": _table_json(sel.lrt)}
+        print(json.dumps(out, indent=2))
+    else:
+        print(sel.summary())
+    return 0
+
+
+def _bootstrap(args) -> int:
+    import jaxlmm as lmm
+
+    if args.n < 2:
+        raise CLIError(f"-n must be at least 2 replicates, got {args.n}")
+    if not 0 < args.level < 1:
+        raise CLIError(f"--level must be between 0 and 1 (e.g. 0.95), got {args.level}")
+    df = _read(args.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lmm.ConvergenceWarning)
+        res = lmm.fit(args.formula, df, reml=not args.ml)
+    boot = res.bootstrap(n=args.n, seed=args.seed, progress=not args.json)
+    ci = boot.conf_int(args.method, args.level)
+    if args.json:
+        out = {"formula": args.formula, "n": args.n, "seed": args.seed, "failed": boot.n_failed,
+               "method": args.method, "level": args.level, "intervals": _table_json(ci)}
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"Parametric bootstrap of {args.formula!r}: {args.n} replicates, seed {args.seed}, "
+              f"{boot.n_failed} failed (excluded)")
+        print(f"{args.level:.0%} {args.method} intervals")
+        print(ci.to_string(float_format=lambda v: f"{v:.6g}"))
     return 0
 
 
@@ -86,15 +178,43 @@ def main(argv=None) -> int:
     p.add_argument("data")
     p.add_argument("formula")
     p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    p.add_argument("--ddf", default="satterthwaite",
+                   choices=["satterthwaite", "kenward-roger", "kenward-roger-linear", "residual", "between-within"],
+                   help="denominator degrees of freedom for the fixed effects (default satterthwaite)")
+    p.add_argument("--ci", choices=["wald", "profile"], help="also print confidence intervals")
     p.add_argument("--json", action="store_true", help="print JSON instead of the summary table")
     p.set_defaults(func=_fit)
+
+    p = sub.add_parser("compare", help="fit several residual covariance structures and rank them")
+    p.add_argument("data")
+    p.add_argument("formula", help='the mean model, e.g. "CHG ~ ARMCD * AVISIT + BASE"')
+    p.add_argument("--visit", required=True, help="the visit (repeated-measures) column")
+    p.add_argument("--subject", required=True, help="the subject column")
+    p.add_argument("--structures", default="un,cs,csh,ar1,arh1", help="comma-separated (default un,cs,csh,ar1,arh1)")
+    p.add_argument("--criterion", default="aic", choices=["aic", "aicc", "bic"])
+    p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("bootstrap", help="parametric bootstrap intervals (batched refits)")
+    p.add_argument("data")
+    p.add_argument("formula")
+    p.add_argument("-n", type=int, default=1000, help="replicates (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="percentile", choices=["percentile", "basic"])
+    p.add_argument("--level", type=float, default=0.95)
+    p.add_argument("--ml", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bootstrap)
+
     args = parser.parse_args(argv)
     from .errors import LMMError
 
     try:
         return args.func(args)
-    except (LMMError, FileNotFoundError) as e:
-        print(f"jaxlmm: error: {e}", file=sys.stderr)
+    except (LMMError, CLIError, FileNotFoundError) as e:
+        msg = " ".join(str(e).split())
+        print(f"jaxlmm: error: {msg}", file=sys.stderr)
         return 2
 
 
