@@ -247,7 +247,8 @@ class Design:
         if isinstance(cov, dict):
             items = list(cov.items())
         else:
-            items = [(c, (0.0, 1.0)) if isinstance(c, str) else tuple(c) for c in cov]
+            items = [(c, (0.0, 1.0)) if isinstance(c, str) else (c[0], tuple(c[1:]) if len(c) == 3 else c[1])
+                     for c in cov]
         out = []
         cols = {self.subject, self.arm, self.visit, self.time}
         for name, ms in items:
@@ -625,7 +626,7 @@ class _Study:
 
     def tables(self, scens: list[dict]) -> dict:
         ns = len(scens)
-        ns_pad = int(math.ceil(ns / 8) * 8)
+        ns_pad = max(8, 2 ** int(math.ceil(math.log2(ns))))  # few distinct shapes: few compiles
         idx = np.minimum(np.arange(ns_pad), ns - 1)
 
         def stack(key):
@@ -885,7 +886,7 @@ class _Runner:
         out = self.call(C, tab, s_idx, r_idx, x0, eye, 200)
         th0, Binv0 = np.zeros((ns, k)), np.zeros((ns, k, k))
         good = np.isin(out["status"], (CONVERGED, BOUNDARY)) & np.all(np.isfinite(out["H"]), axis=(1, 2))
-        for _ in range(2):
+        for attempt in range(2):
             for s in range(ns):
                 rows = np.arange(s * n_try, (s + 1) * n_try)
                 ok = rows[good[rows]]
@@ -894,7 +895,7 @@ class _Runner:
                 th0[s] = out["x"][j] if np.all(np.isfinite(out["x"][j])) else x0[j]
                 H = out["H"][j] if np.all(np.isfinite(out["H"][j])) else np.eye(k) * max(st.n_obs_max, 1.0)
                 Binv0[s] = np.asarray(psd_inverse(jnp.asarray(0.5 * (H + H.T))))
-            if good.reshape(ns, n_try).any(axis=1).all():
+            if attempt == 1 or good.reshape(ns, n_try).any(axis=1).all():
                 break
             # second pass: restart every try from the best point found, with its Hessian
             out2 = self.call(C, tab, s_idx, r_idx, th0[s_idx], Binv0[s_idx], 200)
