@@ -170,8 +170,12 @@ class Dropout:
             lg = np.log(r) - np.log1p(-r)
         return np.concatenate([[-np.inf], lg])
 
-    def label(self):
-        return self.rate if np.ndim(self.rate) == 0 else str(self.rate)
+    def label(self) -> str:
+        """Short description, e.g. ``mar(0.1, slope=-1.0)`` (used in result tables)."""
+        r = self.rate if np.ndim(self.rate) == 0 else tuple(self.rate)
+        if self.slope:
+            return f"mar({r}, slope={self.slope})"
+        return f"mcar({r})" if self.monotone else f"mcar({r}, intermittent)"
 
 
 @dataclass(frozen=True)
