@@ -999,6 +999,9 @@ def _summarise(res, rows, scens, alpha, ddf, nsim):
 
 
 def _max_n(rows, design):
+    if not isinstance(design, Design):
+        raise LMMError(f"design must be a jaxlmm.power.Design (lmm.Design(n_per_arm, visits, ...)), "
+                       f"got {type(design).__name__}.")
     ns = [design.n_per_arm] + [r["n_per_arm"] for r in rows if "n_per_arm" in r]
     try:
         return max(int(n) for n in ns)

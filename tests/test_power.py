@@ -187,6 +187,12 @@ def test_design_frame_and_dropout():
         (lambda: lmm.sample_size(FORMULA, DESIGN, TRUTH, HYP, n_range=(10, 5)), LMMError, "n_range"),
         (lambda: lmm.power(FORMULA, lmm.Design(5, visits=VISITS), TRUTH, HYP, grid={"dropout": [0.1]}), LMMError,
          "the design has none"),
+        (lambda: lmm.power(FORMULA, DESIGN, lmm.Truth({}, THETA, formula="arm + visit"), HYP, grid={"effect": [1.0]}),
+         LMMError, "grid: 'effect' sets the true value of the hypothesis"),
+        (lambda: lmm.simulate_trials(FORMULA, DESIGN, TRUTH, grid={"effect": [1.0]}), LMMError, "pass hypothesis="),
+        (lambda: lmm.power(FORMULA, DESIGN, TRUTH, HYP, grid=[1, 2]), LMMError, "grid must be"),
+        (lambda: lmm.power(FORMULA, DESIGN, TRUTH, HYP, chunk_size=0), LMMError, "chunk_size"),
+        (lambda: lmm.power(FORMULA, "design", TRUTH, HYP), LMMError, "design must be"),
     ],
 )
 def test_errors_name_the_argument(call, err, match):
