@@ -15,9 +15,11 @@ only a value and a gradient.  Replicates that do not converge get a second attem
 full Newton method from moment-based starting values; each replicate keeps its own status.
 
 Chunks: ``B`` is split into chunks of equal size (the last padded by repetition, so nothing
-recompiles); with several devices the replicate axis of each chunk is sharded over them with
-``jax.sharding`` (``NamedSharding`` over a 1-D mesh), which is how one scales to several GPUs,
-or hosts after ``jax.distributed.initialize()``.
+recompiles); with several devices the replicate axis of each chunk is split over them
+(``jax.shard_map`` over a 1-D mesh of ``jax.devices()``), which is how one scales to several
+GPUs, or hosts after ``jax.distributed.initialize()``.  Within a chunk, replicates are fitted in
+blocks of exactly :data:`BLOCK` (``lax.map`` over blocks, ``vmap`` within): a replicate's result
+is then bit-identical whatever the batch size, the chunk size or the number of devices.
 """
 
 from __future__ import annotations
@@ -127,28 +129,56 @@ def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol"))
-def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol):
-    def one(th0, yb):
-        pr = pattern_response(yb, m, pdes, layout)
-        f = lambda th: deviance_patterns(th, pdes, pr, spec, reml, unroll=True)  # noqa: E731
-        r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
-        beta, vcov = beta_vcov_patterns(r.x, pdes, pr, spec)
-        return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
-
-    return jax.vmap(one)(theta0, y)
+#: replicates per vmapped block.  Every compiled call fits its replicates in blocks of exactly
+#: this size (``lax.map`` over blocks, ``vmap`` within), so a replicate's arithmetic does not
+#: depend on the chunk size, the batch size or the number of devices: XLA may compile a vmapped
+#: program differently (other rounding in the last bits) for another batch size, never for
+#: another lane of the same block.
+BLOCK = 32
 
 
-@partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
-def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol):
-    def one(th0, yb, mb):
-        d = ModelData(yb * mb, mb, data.X * mb[..., None], data.Z * mb[..., None])
-        f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
-        r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
-        beta, vcov = beta_vcov(r.x, d, spec)
-        return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+def _over_devices(fn, mesh, n_sharded, n_replicated):
+    """``fn`` applied per device to its shard of the replicate axis (``shard_map``), or as is."""
+    if mesh is None:
+        return fn
+    from jax.sharding import PartitionSpec as Pspec
 
-    return jax.vmap(one)(theta0, y, m)
+    specs = (Pspec("replicate"),) * n_sharded + (Pspec(),) * n_replicated
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
+
+
+@partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol", "mesh"))
+def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol, mesh=None):
+    def run(th0s, ys, Binv0, m, pdes, reml):
+        def one(args):
+            th0, yb = args
+            pr = pattern_response(yb, m, pdes, layout)
+            f = lambda th: deviance_patterns(th, pdes, pr, spec, reml, unroll=True)  # noqa: E731
+            r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
+                          degenerate=spec.is_degenerate)
+            beta, vcov = beta_vcov_patterns(r.x, pdes, pr, spec)
+            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+
+        return jax.lax.map(one, (th0s, ys), batch_size=BLOCK)
+
+    return _over_devices(run, mesh, 2, 4)(theta0, y, Binv0, m, pdes, reml)
+
+
+@partial(jax.jit, static_argnames=("spec", "max_iter", "tol", "mesh"))
+def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol, mesh=None):
+    def run(th0s, ys, ms, Binv0, data, reml):
+        def one(args):
+            th0, yb, mb = args
+            d = ModelData(yb * mb, mb, data.X * mb[..., None], data.Z * mb[..., None])
+            f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
+            r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
+                          degenerate=spec.is_degenerate)
+            beta, vcov = beta_vcov(r.x, d, spec)
+            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+
+        return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
+
+    return _over_devices(run, mesh, 3, 3)(theta0, y, m, Binv0, data, reml)
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,28 +269,26 @@ def _progress(total, enabled):
     return tqdm(total=total, unit="fit", disable=disable, leave=False)
 
 
-def _mesh_sharding(devices):
+def _mesh(devices):
     if devices is None or len(devices) < 2:
         return None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import Mesh
 
-    mesh = Mesh(np.asarray(devices), ("replicate",))
-    return NamedSharding(mesh, PartitionSpec("replicate"))
+    return Mesh(np.asarray(devices), ("replicate",))
 
 
 def choose_chunk(B, per_replicate_bytes, memory_budget, n_dev, chunk_size=None, max_chunk=4096):
-    """Replicates per compiled call.  Chunks split ``B`` evenly (rounded up to a multiple of 256
-    and of the device count) so that padding the last chunk wastes little."""
+    """Replicates per compiled call.  Chunks split ``B`` evenly, rounded up to a multiple of
+    ``BLOCK`` times the device count (so the last chunk's padding wastes little), with at least
+    two blocks per device (XLA inlines a loop that runs once, which changes the compiled
+    arithmetic and so the last bits of the results)."""
     if chunk_size is None:
         cap = max(1, min(int(memory_budget // max(per_replicate_bytes, 1)), max_chunk))
         n_chunks = int(math.ceil(B / cap))
         chunk_size = int(math.ceil(B / n_chunks))
-        if n_chunks > 1:
-            chunk_size = min(int(math.ceil(chunk_size / 256) * 256), cap)
-    chunk_size = max(1, min(int(chunk_size), B))
-    if n_dev > 1:
-        chunk_size = int(math.ceil(chunk_size / n_dev) * n_dev)
-    return chunk_size
+    chunk_size = max(1, int(chunk_size))
+    unit = BLOCK * max(n_dev, 1)
+    return max(int(math.ceil(chunk_size / unit) * unit), 2 * unit)
 
 
 def fit_batch_padded(
@@ -293,7 +321,7 @@ def fit_batch_padded(
     if devices is None:
         devices = jax.devices()
     n_dev = len(devices) if devices is not None else 1
-    sharding = _mesh_sharding(devices)
+    mesh = _mesh(devices)
     S, T = info.S_pad, info.T
     p, q = base.X.shape[-1], base.Z.shape[-1]
     use_patterns = shared_mask is not None
@@ -320,15 +348,11 @@ def fit_batch_padded(
         idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
         y, m = source(idx)
         y = jnp.asarray(y, dtype)
-        if sharding is not None:
-            y = jax.device_put(y, sharding)
         if use_patterns:
-            res = _batch_patterns(th0, Binv0, y, m_j, pdes_j, spec, layout, reml_j, max_iter, tol)
+            res = _batch_patterns(th0, Binv0, y, m_j, pdes_j, spec, layout, reml_j, max_iter, tol, mesh=mesh)
         else:
             m = jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
-            if sharding is not None:
-                m = jax.device_put(m, sharding)
-            res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol)
+            res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol, mesh=mesh)
         res = jax.device_get(res)
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
