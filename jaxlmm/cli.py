@@ -4,6 +4,8 @@
     jaxlmm fit data.csv "FORMULA" [--ml] [--ddf kenward-roger] [--ci profile] [--json]
     jaxlmm compare data.csv "MEAN FORMULA" --visit V --subject S [--structures un,cs,ar1] [--json]
     jaxlmm bootstrap data.csv "FORMULA" [-n 1000] [--seed 0] [--json]
+    jaxlmm power --visits 4 --n-per-arm 50,100 --effect 0,0.5,1 --structure ar1 --sd 1 --rho 0.5
+                 [--dropout 0.1] [--mar-slope -1] [--analysis un] [--nsim 1000] [--json]
 
 Data files are CSV or Parquet (``.parquet``/``.pq``).  Output is the same text as the Python
 API's summaries, or JSON with ``--json``.  Bad input exits with status 2 and a one-line message.
@@ -169,6 +171,73 @@ def _bootstrap(args) -> int:
     return 0
 
 
+def _floats(text, what):
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _truth_theta(structure, visits, sd, rho):
+    """Natural covariance parameters of the true residual structure."""
+    T = len(visits)
+    if structure in ("ar1", "cs"):
+        return {"sigma": sd, "rho": rho}
+    if structure in ("arh1", "csh"):
+        return {**{f"sd[{v}]": sd for v in visits}, "rho": rho}
+    if structure == "diag":
+        return {f"sd[{v}]": sd for v in visits}
+    if structure in ("un", "us"):  # AR(1)-like correlations rho^|i-j|
+        corr = {f"corr[{visits[i]},{visits[j]}]": rho ** (j - i) for i in range(T) for j in range(i + 1, T)}
+        return {**{f"sd[{v}]": sd for v in visits}, **corr}
+    raise CLIError(f"--structure {structure!r} is not one of un, cs, csh, ar1, arh1, diag")
+
+
+def _power(args) -> int:
+    import jaxlmm as lmm
+    from jaxlmm.power import Design, Dropout, Truth
+
+    if args.visits < 2:
+        raise CLIError(f"--visits must be at least 2, got {args.visits}")
+    n_list = _floats(args.n_per_arm, "--n-per-arm")
+    if not n_list or any(n < 2 or n != int(n) for n in n_list):
+        raise CLIError(f"--n-per-arm must be whole numbers of at least 2, got {args.n_per_arm!r}")
+    effects = _floats(args.effect, "--effect")
+    rates = _floats(args.dropout, "--dropout")
+    if any(not 0 <= r < 1 for r in rates):
+        raise CLIError(f"--dropout rates must be in [0, 1), got {args.dropout!r}")
+    if args.nsim < 10:
+        raise CLIError(f"--nsim must be at least 10, got {args.nsim}")
+    visits = tuple(f"V{j + 1}" for j in range(args.visits))
+    analysis = args.analysis or args.structure
+    drop = [Dropout.mar(r, slope=args.mar_slope) if args.mar_slope else Dropout.mcar(r) for r in rates]
+    design = Design(n_per_arm=int(n_list[0]), visits=visits, dropout=drop[0] if rates else None)
+    truth = Truth(fixef={}, theta=_truth_theta(args.structure, visits, args.sd, args.rho), structure=args.structure)
+    formula = f"y ~ arm * visit + {analysis}(visit | subject)"
+    last = visits[-1]
+    hypothesis = {"arm[T.TRT]": 1.0, f"arm[T.TRT]:visit[T.{last}]": 1.0}
+    grid = {"n_per_arm": [int(n) for n in n_list], "effect": effects}
+    if len(rates) > 1:
+        grid["dropout"] = drop
+    out = lmm.power(formula, design, truth, hypothesis, grid=grid, nsim=args.nsim, ddf=args.ddf,
+                    alpha=args.alpha, seed=args.seed, progress=not args.json)
+    cols = [c for c in ("n_per_arm", "effect", "dropout", "power", "power_lower", "power_upper", "rejections",
+                        "n_failed", "n_boundary", "bias", "empirical_se", "mean_model_se", "coverage", "mean_df")
+            if c in out.columns]
+    table = out[cols]
+    if args.json:
+        print(json.dumps({"formula": formula, "hypothesis": f"TRT - PBO at {last}", "truth": args.structure,
+                          "nsim": args.nsim, "ddf": args.ddf, "alpha": args.alpha, "seed": args.seed,
+                          "scenarios": _table_json(table.astype({c: object for c in table.columns if
+                                                                 table[c].dtype == object}))}, indent=2))
+    else:
+        print(f"Power of the two-sided {args.ddf} t test of TRT - PBO at {last} (alpha {args.alpha}), "
+              f"{args.nsim} simulated trials per scenario")
+        print(f"analysis: {formula};  truth: {args.structure} residual, sd {args.sd}, rho {args.rho}")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxlmm", description="Linear mixed models in JAX.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -206,6 +275,23 @@ def main(argv=None) -> int:
     p.add_argument("--ml", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bootstrap)
+
+    p = sub.add_parser("power", help="power of a two-arm MMRM by simulation (treatment difference at the last visit)")
+    p.add_argument("--visits", type=int, default=4, help="number of visits (default 4)")
+    p.add_argument("--n-per-arm", default="50,100", help="comma-separated subjects per arm (default 50,100)")
+    p.add_argument("--effect", default="0,0.5,1", help="true TRT - PBO differences at the last visit")
+    p.add_argument("--structure", default="ar1", help="true residual covariance: un, cs, csh, ar1, arh1, diag")
+    p.add_argument("--sd", type=float, default=1.0, help="residual SD (every visit)")
+    p.add_argument("--rho", type=float, default=0.5, help="correlation parameter (UN: rho^|i-j|)")
+    p.add_argument("--dropout", default="0", help="per-visit dropout rate(s); several: one scenario each")
+    p.add_argument("--mar-slope", type=float, default=0.0, help="MAR dropout: log-odds per SD of the last value")
+    p.add_argument("--analysis", help="covariance structure of the analysis model (default: --structure)")
+    p.add_argument("--nsim", type=int, default=1000)
+    p.add_argument("--ddf", default="satterthwaite", choices=["satterthwaite", "residual", "between-within"])
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_power)
 
     args = parser.parse_args(argv)
     from .errors import LMMError

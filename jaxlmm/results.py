@@ -678,6 +678,17 @@ class LMMResult:
 
         return parametric_bootstrap(self, n, seed, **kwargs)
 
+    def influence(self, method: str = "derivative") -> pd.DataFrame:
+        """Influence of each subject on every estimate (fixed effects, covariance parameters in
+        natural units): ``"derivative"``, the exact ``d estimate / d w_i`` at ``w = 1`` by
+        implicit differentiation (``w_i`` the weight of subject i's log-likelihood);
+        ``"one-step"``, one Newton step towards the fit without subject i; ``"loo"``, the
+        leave-one-subject-out refits, all in one batched call.  See
+        :func:`jaxlmm.differentiate.influence` and ``docs/differentiable.md``."""
+        from .differentiate import influence
+
+        return influence(self, method)
+
     # ---- text -----------------------------------------------------------------------
     def summary(self) -> str:
         info = self.info

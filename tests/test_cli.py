@@ -69,3 +69,28 @@ def test_errors_exit_2_with_one_line(files, capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("jaxlmm: error:") and message in err and "\n" not in err
+
+
+def test_power_json(capsys):
+    args = ["power", "--visits", "3", "--n-per-arm", "15,30", "--effect", "0,1", "--nsim", "100",
+            "--dropout", "0.1", "--mar-slope", "-0.5", "--structure", "cs", "--analysis", "ar1", "--json"]
+    assert main(args) == 0
+    out = _json(capsys)
+    sc = out["scenarios"]
+    assert len(sc) == 4 and {s["n_per_arm"] for s in sc} == {15, 30}
+    by = {(s["n_per_arm"], s["effect"]): s for s in sc}
+    assert by[(30, 1.0)]["power"] > by[(15, 1.0)]["power"] > by[(15, 0.0)]["power"]
+    assert all(s["n_failed"] == 0 for s in sc)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["power", "--n-per-arm", "ten"], "comma-separated numbers"),
+    (["power", "--n-per-arm", "1"], "at least 2"),
+    (["power", "--dropout", "1.5"], "in [0, 1)"),
+    (["power", "--structure", "toep"], "is not one of"),
+    (["power", "--visits", "1"], "at least 2"),
+])
+def test_power_errors(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxlmm: error:") and message in err and "\n" not in err
