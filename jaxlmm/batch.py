@@ -157,7 +157,7 @@ def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol
             r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
                           degenerate=spec.is_degenerate)
             beta, vcov = beta_vcov_patterns(r.x, pdes, pr, spec)
-            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
 
         return jax.lax.map(one, (th0s, ys), batch_size=BLOCK)
 
@@ -174,7 +174,7 @@ def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol, mesh=No
             r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
                           degenerate=spec.is_degenerate)
             beta, vcov = beta_vcov(r.x, d, spec)
-            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov))
+            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
 
         return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
 
@@ -341,7 +341,7 @@ def fit_batch_padded(
     th0 = jnp.asarray(np.broadcast_to(theta0, (C, len(theta0))), dtype)
     reml_j = jnp.asarray(bool(reml))
 
-    out = {k: [] for k in ("x", "f", "it", "st", "beta", "se")}
+    out = {k: [] for k in ("x", "f", "it", "st", "beta", "se", "nat")}
     bar = _progress(B, progress if n_chunks > 1 or progress else False)
     for c in range(n_chunks):
         idx = np.arange(c * C, (c + 1) * C)
@@ -361,8 +361,8 @@ def fit_batch_padded(
             bar.update(n_real)
     if bar is not None:
         bar.close()
-    x, f, it, st, beta, se = (np.concatenate(out[k]) for k in out)
-    x, f, beta, se = (np.asarray(a, dtype=np.float64) for a in (x, f, beta, se))
+    x, f, it, st, beta, se, nat = (np.concatenate(out[k]) for k in out)
+    x, f, beta, se, nat = (np.asarray(a, dtype=np.float64) for a in (x, f, beta, se, nat))
     st = st.astype(np.int32)
     n_retry = 0
     if retry:
@@ -370,7 +370,8 @@ def fit_batch_padded(
         if len(bad):
             n_retry = len(bad)
             _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
-    nat = np.asarray(jax.vmap(spec.natural)(jnp.asarray(x)))
+            for i in bad:
+                nat[i] = np.asarray(_natural(jnp.asarray(x[i]), spec))
     return BatchResult(
         fixef=beta,
         se=se,
@@ -385,6 +386,11 @@ def fit_batch_padded(
         path="patterns" if use_patterns else "general",
         n_retried=n_retry,
     )
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _natural(x, spec):
+    return spec.natural(x)
 
 
 def _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter):
