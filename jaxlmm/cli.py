@@ -30,12 +30,18 @@ def _demo(args) -> int:
         f"  {df.USUBJID.nunique()} subjects, {df.AVISIT.nunique()} visits, "
         f"{int(df.CHG.notna().sum())} observed of {len(df)} rows (monotone dropout)\n"
     )
+    import time
+
     rows, fits = [], {}
+    print("Fitting (the first fit of each structure compiles it: a few seconds each)")
     for st in ("un", "cs", "csh", "ar1", "arh1"):
         formula = f"CHG ~ ARMCD * AVISIT + BASE + SEX + {st}(AVISIT | USUBJID)"
+        t0 = time.perf_counter()
+        print(f"  {formula} ...", end="", flush=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = lmm.fit(formula, df, reml=True)
+        print(f" {time.perf_counter() - t0:.1f} s")
         fits[st] = res
         rows.append(
             {
