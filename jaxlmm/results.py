@@ -316,8 +316,11 @@ class LMMResult:
             else:
                 cats.append(v)
         for v in specs + by:
+            if v in nums:
+                raise LMMError(f"{v!r} is a numeric covariate: LS-means are over the levels of factors (factors in "
+                               f"this model: {cats}). To treat it as a factor, write C({v}) in the formula.")
             if v not in cats:
-                raise ValueError(f"{v!r} is not a factor of the fixed part; factors are {cats}")
+                raise LMMError(f"{v!r} is not a factor of the fixed part; factors are {cats}")
         levels = {v: _levels(data[v]) for v in cats}
         grid = pd.DataFrame(list(itertools.product(*[levels[v] for v in cats])), columns=cats)
         for v, mval in nums.items():

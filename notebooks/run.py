@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,10 @@ def execute(path: Path, small: bool, save: bool, timeout: int = 900):
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     t0 = time.perf_counter()
     try:
+        # the kernel's own stderr (a start-up notice about its local TCP transport) is not
+        # shown; errors in cells come back through the notebook's outputs
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": str(HERE)}}).execute()
+                       resources={"metadata": {"path": str(HERE)}}).execute(stderr=subprocess.DEVNULL)
     finally:
         for k, v in env_before.items():
             if v is None:

@@ -269,7 +269,7 @@ def test_emmeans_against_r(method, key):
         assert mp.loc[con].p_value == pytest.approx(marg["p_tukey"][i], rel=1e-3)
     with pytest.raises(ValueError, match="adjust must be"):
         res.emmeans("arm", pairs=True, adjust="holm")
-    with pytest.raises(ValueError, match="not a factor"):
+    with pytest.raises(ValueError, match="numeric covariate"):
         res.emmeans("x")
 
 
