@@ -163,20 +163,13 @@ class NaturalSpec:
     def q(self):
         return self.base.q
 
-    def _split(self):
-        out, i = [], 0
-        for b in self.base.blocks:
-            n = len(b.natural_bounds())
-            out.append(slice(i, i + n))
-            i += n
-        return out, slice(i, None)
-
+    # natural parameters come in the same counts and order as the unconstrained ones
     def G(self, phi):
-        sl, _ = self._split()
+        sl, _ = self.base._slices()
         return self.base._block_diag([b.natural_matrix(phi[s]) for b, s in zip(self.base.blocks, sl)])
 
     def R(self, phi):
-        _, sr = self._split()
+        _, sr = self.base._slices()
         return self.base.resid.natural_matrix(phi[sr])
 
     def bounds(self):

@@ -137,6 +137,7 @@ class _Problem:
         self.fit_fix = ml
         self.kind, self.payload = self._payload(model, _to_jax)
         self._se_cov = None
+        self._start = {}
 
     @staticmethod
     def _payload(model, to_jax):
@@ -153,6 +154,12 @@ class _Problem:
         return "subjects", to_jax(arrays)
 
     def start_u(self, fit):
+        key = id(fit)
+        if key not in self._start:
+            self._start[key] = self._start_u(fit)
+        return self._start[key]
+
+    def _start_u(self, fit):
         phi = fit.theta.to_numpy()
         sd_scale = float(np.sqrt(np.mean(np.diag(fit.residual_covariance.to_numpy()))))
         floor = np.full(self.k, 1e-4 * max(sd_scale, 1e-12))
