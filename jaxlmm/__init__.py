@@ -25,8 +25,9 @@ if not _os.environ.get("JAXLMM_NO_X64"):
 
 from .batch import BatchResult, fit_many  # noqa: E402
 from .bootstrap import BootstrapResult  # noqa: E402
-from .compare import Selection, bootstrap_lrt, compare, lrt, select_covariance, select_random  # noqa: E402
-from .datasets import example_trial, simulate_longitudinal  # noqa: E402
+from .compare import bootstrap_lrt, compare, lrt  # noqa: E402
+from .selection import Selection, select_covariance, select_random  # noqa: E402
+from .datasets import example_trial, simulate_crossed, simulate_longitudinal, simulate_nested  # noqa: E402
 from .differentiate import (  # noqa: E402
     Solution,
     fixed_effects_vcov,
@@ -39,7 +40,8 @@ from .differentiate import (  # noqa: E402
 )
 from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
-from .likelihood import ModelData, ModelSpec, deviance  # noqa: E402
+from .likelihood import deviance  # noqa: E402
+from .spec import ModelData, ModelSpec  # noqa: E402
 from .model import Model, fit  # noqa: E402
 from .optimize import STATUS  # noqa: E402
 from .power import Design, Dropout, SampleSize, Truth, operating_characteristics, power, sample_size, simulate_trials  # noqa: E402
@@ -73,6 +75,8 @@ __all__ = [
     "ModelSpec",
     "example_trial",
     "simulate_longitudinal",
+    "simulate_nested",
+    "simulate_crossed",
     "parse_formula",
     "COVARIANCE_NAMES",
     "STATUS",

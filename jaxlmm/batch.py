@@ -5,7 +5,7 @@ Two evaluation paths, chosen automatically:
 * **patterns** (every replicate has the same missing cells, e.g. a parametric bootstrap):
   subjects are grouped by visit pattern and random-effects rows; the X-only sums are computed
   once and each replicate only contributes its response sums (see
-  :func:`jaxlmm.likelihood.deviance_patterns`).
+  :mod:`jaxlmm.patterns`).
 * **general** (replicates have their own missing cells, e.g. simulated dropout): the masked
   per-subject likelihood of :func:`jaxlmm.likelihood.deviance`, vmapped.
 
@@ -35,71 +35,17 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .likelihood import (
-    ModelData,
-    PatternDesign,
-    PatternLayout,
-    PatternResponse,
-    beta_vcov,
-    beta_vcov_patterns,
-    deviance,
-    deviance_patterns,
-    pattern_response,
-)
-from .optimize import BOUNDARY, CONVERGED, STATUS, bfgs_warm, psd_inverse
+from .fitting import fit_arrays, guard_memory_maps, start_values
+from .likelihood import FlatData, beta_vcov, deviance, flat_response
+from .optimize import BOUNDARY, CONVERGED, STATUS, bfgs_warm, newton, psd_inverse
+from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
 
-__all__ = ["BatchResult", "fit_batch_padded", "pattern_design", "responses_to_padded"]
+__all__ = ["BatchResult", "fit_batch_padded", "responses_to_padded", "fit_many", "choose_chunk", "BLOCK", "progress_bar"]
 
 
 # ------------------------------------------------------------------------------------------
 # host-side preparation
 # ------------------------------------------------------------------------------------------
-
-
-def pattern_design(data: ModelData, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, int]:
-    """Group subjects by (mask row, masked Z rows): the pattern design, its layout and K."""
-    X = np.asarray(data.X) * m[..., None]
-    Z = np.asarray(data.Z) * m[..., None]
-    S, T, p = X.shape
-    has = np.nonzero(m.sum(axis=1) > 0)[0]
-    key = np.ascontiguousarray(np.concatenate([m, Z.reshape(S, -1)], axis=1)[has])
-    # unique rows through a byte view (much faster than np.unique(axis=0))
-    _, first, inv = np.unique(key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel(),
-                              return_index=True, return_inverse=True)
-    uniq = key[first]
-    inv = np.asarray(inv).reshape(-1)
-    K = len(uniq)
-    K_pad = max(8, int(math.ceil(K / 8) * 8))
-    order = has[np.argsort(inv, kind="stable")]
-    counts = np.bincount(inv, minlength=K)
-    stops = np.cumsum(counts)
-    bounds = tuple((int(e - c), int(e)) for c, e in zip(counts, stops))
-    mK = np.zeros((K_pad, T))
-    mK[:K] = uniq[:, :T]
-    ZK = np.zeros((K_pad, T, Z.shape[2]))
-    ZK[:K] = uniq[:, T:].reshape(K, T, Z.shape[2])
-    n = np.zeros(K_pad)
-    n[:K] = counts
-    Xs = X[order]
-    XX = np.zeros((K_pad, T, T, p, p))
-    for k, (a, b) in enumerate(bounds):
-        Xk = Xs[a:b].reshape(b - a, T * p)
-        XX[k] = (Xk.T @ Xk).reshape(T, p, T, p).transpose(0, 2, 1, 3)
-    layout = PatternLayout(order=tuple(int(i) for i in order), bounds=bounds, K_pad=K_pad)
-    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs), layout, K
-
-
-def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> PatternResponse:
-    """numpy version of :func:`jaxlmm.likelihood.pattern_response` (one response, host side)."""
-    ys = (np.asarray(y) * m)[np.asarray(layout.order, dtype=int)]
-    T, p = pdes.XX.shape[1], pdes.XX.shape[-1]
-    Xy = np.zeros((layout.K_pad, T, T, p))
-    yy = np.zeros((layout.K_pad, T, T))
-    for k, (a, b) in enumerate(layout.bounds):
-        Xk = pdes.Xs[a:b].reshape(b - a, T * p)
-        Xy[k] = (Xk.T @ ys[a:b]).reshape(T, p, T).transpose(0, 2, 1)
-        yy[k] = ys[a:b].T @ ys[a:b]
-    return PatternResponse(Xy, yy)
 
 
 def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray]:
@@ -147,17 +93,20 @@ def _over_devices(fn, mesh, n_sharded, n_replicated):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
 
 
+def _solve_one(f, th0, Binv0, payload, spec, max_iter, tol):
+    r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = beta_vcov(r.x, payload, spec)
+    return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
+
+
 @partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol", "mesh"))
 def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol, mesh=None):
     def run(th0s, ys, Binv0, m, pdes, reml):
         def one(args):
             th0, yb = args
-            pr = pattern_response(yb, m, pdes, layout)
-            f = lambda th: deviance_patterns(th, pdes, pr, spec, reml, unroll=True)  # noqa: E731
-            r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
-                          degenerate=spec.is_degenerate)
-            beta, vcov = beta_vcov_patterns(r.x, pdes, pr, spec)
-            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
+            pay = Patterns(pdes, pattern_response(yb, m, pdes, layout))
+            f = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
+            return _solve_one(f, th0, Binv0, pay, spec, max_iter, tol)
 
         return jax.lax.map(one, (th0s, ys), batch_size=BLOCK)
 
@@ -169,16 +118,27 @@ def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol, mesh=No
     def run(th0s, ys, ms, Binv0, data, reml):
         def one(args):
             th0, yb, mb = args
-            d = ModelData(yb * mb, mb, data.X * mb[..., None], data.Z * mb[..., None])
+            d = data.masked(mb)._replace(y=yb * mb)
             f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
-            r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary,
-                          degenerate=spec.is_degenerate)
-            beta, vcov = beta_vcov(r.x, d, spec)
-            return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
+            return _solve_one(f, th0, Binv0, d, spec, max_iter, tol)
 
         return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
 
     return _over_devices(run, mesh, 3, 3)(theta0, y, m, Binv0, data, reml)
+
+
+@partial(jax.jit, static_argnames=("spec", "shared", "max_iter", "tol", "mesh"))
+def _batch_flat(theta0, Binv0, y, m, data, fd, spec, shared, reml, max_iter, tol, mesh=None):
+    def run(th0s, ys, ms, Binv0, data, fd, reml):
+        def one(args):
+            th0, yb, mb = args
+            pay = flat_response(fd, data, yb, mb, spec, shared=shared)
+            f = lambda th: deviance(th, pay, spec, reml)  # noqa: E731
+            return _solve_one(f, th0, Binv0, pay, spec, max_iter, tol)
+
+        return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
+
+    return _over_devices(run, mesh, 3, 4)(theta0, y, m, Binv0, data, fd, reml)
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,7 +216,7 @@ class BatchResult:
 # ------------------------------------------------------------------------------------------
 
 
-def _progress(total, enabled):
+def progress_bar(total, enabled):
     if enabled is False:
         return None
     try:
@@ -311,8 +271,6 @@ def fit_batch_padded(
 ) -> BatchResult:
     """Core driver.  ``source(idx)`` returns padded ``(y, m)`` [C, S_pad, T] for replicate
     indices ``idx`` (``m`` may be None when ``shared_mask`` is given)."""
-    from .model import guard_memory_maps
-
     guard_memory_maps(every=1)
     spec, info = model.spec, model.info
     base = model.arrays
@@ -324,17 +282,25 @@ def fit_batch_padded(
     mesh = _mesh(devices)
     S, T = info.S_pad, info.T
     p, q = base.X.shape[-1], base.Z.shape[-1]
-    use_patterns = shared_mask is not None
-    if use_patterns:
+    path = "general"
+    if isinstance(model.payload[1], FlatData):
+        path = "flat"
+    elif shared_mask is not None and spec.plan is None:
         pdes, layout, K = pattern_design(base, shared_mask)
-        use_patterns = K <= max(info.S // 2, 8)
-    if use_patterns:
+        if K <= max(info.S // 2, 8):
+            path = "patterns"
+    data = base.to_jax(dtype)
+    if path == "patterns":
         per = 8 * (S * T * 2 + pdes.m.shape[0] * T * T * (p + 2) * 6)
         m_j = jnp.asarray(shared_mask, dtype)
         pdes_j = PatternDesign(*(jnp.asarray(a, dtype) for a in pdes))
+    elif path == "flat":
+        fd = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                          model.payload[1])
+        per = 8 * (S * (p + 2 + spec.plan.q) * 4 + spec.plan.m_tail ** 2 * 6)
     else:
-        per = 8 * S * T * (T * 6 + p * 3 + q + 4) * 3
-        data = ModelData(*(jnp.asarray(a, dtype) for a in base))
+        q2 = 0 if spec.plan is None else spec.plan.q
+        per = 8 * S * T * (T * 6 + p * 3 + q + q2 + 4) * 3 + (0 if spec.plan is None else 48 * spec.plan.m_tail ** 2)
     C = choose_chunk(B, per, memory_budget, n_dev, chunk_size)
     n_chunks = int(math.ceil(B / C))
     Binv0 = jnp.asarray(psd_inverse(jnp.asarray(hess0)), dtype)
@@ -342,17 +308,21 @@ def fit_batch_padded(
     reml_j = jnp.asarray(bool(reml))
 
     out = {k: [] for k in ("x", "f", "it", "st", "beta", "se", "nat")}
-    bar = _progress(B, progress if n_chunks > 1 or progress else False)
+    bar = progress_bar(B, progress if n_chunks > 1 or progress else False)
     for c in range(n_chunks):
         idx = np.arange(c * C, (c + 1) * C)
         idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
         y, m = source(idx)
         y = jnp.asarray(y, dtype)
-        if use_patterns:
+        if path == "patterns":
             res = _batch_patterns(th0, Binv0, y, m_j, pdes_j, spec, layout, reml_j, max_iter, tol, mesh=mesh)
         else:
             m = jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
-            res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol, mesh=mesh)
+            if path == "flat":
+                res = _batch_flat(th0, Binv0, y, m, data, fd, spec, shared_mask is not None, reml_j, max_iter, tol,
+                                  mesh=mesh)
+            else:
+                res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol, mesh=mesh)
         res = jax.device_get(res)
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
@@ -383,7 +353,7 @@ def fit_batch_padded(
         fixef_names=list(info.fixed_names),
         theta_names=spec.names(info.visit_labels),
         reml=bool(reml),
-        path="patterns" if use_patterns else "general",
+        path=path,
         n_retried=n_retry,
     )
 
@@ -395,23 +365,19 @@ def _natural(x, spec):
 
 def _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter):
     """Refit failed replicates one by one with the full Newton method (moment-based start)."""
-    from .model import _newton_fit
-
     base = model.arrays
     for i in bad:
         y, m = source(np.array([i]))
         mb = shared_mask if m is None else np.asarray(m[0])
-        d = ModelData(np.asarray(y[0]) * mb, mb, np.asarray(base.X) * mb[..., None], np.asarray(base.Z) * mb[..., None])
-        r, b, v, _ = _newton_fit(d, model.spec, reml, max_iter=max_iter)
-        if int(r.status) in (CONVERGED, BOUNDARY) or float(r.fun) < f[i]:
-            x[i], f[i], it[i], st[i] = np.asarray(r.x), float(r.fun), int(r.n_iter), int(r.status)
-            beta[i], se[i] = np.asarray(b), np.sqrt(np.diag(np.asarray(v)))
+        d = base.masked(mb)._replace(y=np.asarray(y[0]) * mb)
+        r = fit_arrays(d, model.spec, reml, max_iter=max_iter)
+        if r.converged or r.deviance < f[i]:
+            x[i], f[i], it[i], st[i] = r.theta, r.deviance, r.n_iter, r.status
+            beta[i], se[i] = r.beta, np.sqrt(np.diag(r.vcov))
 
 
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
 def _many_compiled(theta0, data, spec, reml, max_iter, tol):
-    from .optimize import newton
-
     def one(th0, d):
         f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
         r = newton(f, th0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
@@ -439,12 +405,17 @@ def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) 
     ((3, 3), True)
     """
     from .design import build_design
-    from .model import start_values
 
     built = [build_design(formula, d) for d in datasets]
     if not built:
         raise DataError("fit_many needs at least one dataset.")
     _, spec0, info0 = built[0]
+    if spec0.plan is not None:
+        raise DataError(
+            "fit_many stacks datasets with one grouping factor; with nested or crossed random effects every dataset "
+            "has its own level structure. Fit them one by one (lmm.fit), or use Model.fit_batch for responses that "
+            "share one design."
+        )
     for i, (_, spec, info) in enumerate(built[1:], start=1):
         if info.fixed_names != info0.fixed_names or spec != spec0:
             raise DataError(
@@ -458,8 +429,10 @@ def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) 
         out[: a.shape[0]] = a
         return out
 
-    arrays = [ModelData(*(pad(np.asarray(x)) for x in arr)) for arr, _, _ in built]
-    stacked = ModelData(*(jnp.asarray(np.stack([getattr(a, f) for a in arrays])) for f in ModelData._fields))
+    arrays = [arr._replace(**{f: pad(np.asarray(getattr(arr, f))) for f in ("y", "m", "X", "Z")})
+              for arr, _, _ in built]
+    stacked = arrays[0]._replace(**{f: jnp.asarray(np.stack([getattr(a, f) for a in arrays]))
+                                    for f in ("y", "m", "X", "Z")})
     th0 = jnp.asarray(np.stack([start_values(a, spec0) for a in arrays]))
     x, f, it, st, beta, se = jax.device_get(
         _many_compiled(th0, stacked, spec0, jnp.asarray(bool(reml)), int(max_iter), 1e-11)

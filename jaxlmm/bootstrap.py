@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+
+from .batch import fit_batch_padded
+from .simulate import simulate_padded
 
 __all__ = ["BootstrapResult", "parametric_bootstrap"]
 
@@ -63,28 +67,18 @@ class BootstrapResult:
 
 
 def parametric_bootstrap(result, n: int, seed: int = 0, **kwargs) -> BootstrapResult:
-    import jax.numpy as jnp
-
-    from .batch import fit_batch_padded
-    from .simulate import simulate_padded
-
+    """``n`` responses simulated from ``result`` (:func:`jaxlmm.simulate.simulate_padded`, the
+    random effects of every grouping factor drawn too), refitted in batches."""
     model = result.model
     a = model.arrays
     m = np.asarray(a.m)
-    X, Z = jnp.asarray(a.X), jnp.asarray(a.Z)
-    th, beta, mj = jnp.asarray(result._theta_u), jnp.asarray(result._beta), jnp.asarray(m)
+    data = a.to_jax()
+    rec = result.record
+    th, beta, mj = jnp.asarray(rec.theta), jnp.asarray(rec.beta), jnp.asarray(m)
 
     def source(idx):
-        return simulate_padded(int(seed), jnp.asarray(idx), th, beta, X, Z, mj, model.spec), None
+        return simulate_padded(int(seed), jnp.asarray(idx), th, beta, data, mj, model.spec), None
 
-    batch = fit_batch_padded(
-        model,
-        source,
-        int(n),
-        reml=result.reml,
-        theta0=result._theta_u,
-        hess0=np.asarray(result._opt.hess),
-        shared_mask=m,
-        **kwargs,
-    )
+    batch = fit_batch_padded(model, source, int(n), reml=rec.reml, theta0=rec.theta, hess0=rec.hessian,
+                             shared_mask=m, **kwargs)
     return BootstrapResult(result, batch, seed)

@@ -24,25 +24,25 @@ from scipy import stats
 
 from .errors import LMMError
 
-__all__ = ["compare", "lrt", "nested"]
-
-
-def _re_columns(res):
-    return [(c, b.correlated and b.k > 1, i) for i, b in enumerate(res.model.spec.blocks) for c in b.columns]
+__all__ = ["compare", "lrt", "nested", "bootstrap_lrt"]
 
 
 def _mixture(small, big):
-    """The chi-bar-square mixture (a, b) when ``big`` only adds random effects to ``small``."""
+    """The chi-bar-square mixture (a, b) when ``big`` only adds random effects to ``small``: one
+    more random effect, uncorrelated (a = 0, b = 1) or correlated with the k - 1 others of its
+    grouping factor's block (a = k - 1, b = k)."""
     ss, sb = small.model.spec, big.model.spec
-    if type(ss.resid) is not type(sb.resid) or ss.resid.T != sb.resid.T:
+    # the same residual structure (sigma^2 I is the same whatever the layout of the rows)
+    if ss.resid.name != sb.resid.name or (ss.resid.name != "id" and ss.resid.T != sb.resid.T):
         return None
-    blocks_s = [set(b.columns) for b in ss.blocks]
-    blocks_b = [(set(b.columns), b.correlated) for b in sb.blocks]
-    added = [(cols - next((s for s in blocks_s if s <= cols), set()), cols, corr) for cols, corr in blocks_b]
+    blocks_s = [(set(b.columns), b.group) for b in ss.blocks]
+    blocks_b = [(set(b.columns), b.group, b.correlated) for b in sb.blocks]
+    # every block of the small model must survive unchanged or grow inside one big block of its factor
+    if not all(any(g == h and s <= cols for cols, h, _ in blocks_b) for s, g in blocks_s):
+        return None
+    added = [(cols - next((s for s, h in blocks_s if h == g and s <= cols), set()), cols, corr)
+             for cols, g, corr in blocks_b]
     new = [(a, cols, corr) for a, cols, corr in added if a]
-    # every block of the small model must survive unchanged or grow inside one big block
-    if not all(any(s <= cols for cols, _ in blocks_b) for s in blocks_s):
-        return None
     if len(new) != 1 or len(new[0][0]) != 1:
         return None
     _, cols, corr = new[0]
@@ -156,127 +156,6 @@ def compare(*results, names=None) -> pd.DataFrame:
         rows.append(row)
         prev = r
     return pd.DataFrame(rows).set_index("model")
-
-
-class Selection:
-    """Result of :func:`select_covariance` / :func:`select_random`.
-
-    ``table``: one row per candidate (npar, logLik, AIC, AICc, BIC, converged), ranked by the
-    criterion; ``lrt``: likelihood-ratio tests of the nested pairs (with their reference
-    distribution); ``best``: the chosen fit; ``fits``: every fit by name.
-    """
-
-    def __init__(self, fits, table, lrt_table, criterion):
-        self.fits, self.table, self.lrt, self.criterion = fits, table, lrt_table, criterion
-        self.best_name = table.index[0]
-        self.best = fits[self.best_name]
-
-    def __repr__(self):
-        return f"<Selection by {self.criterion}: best {self.best_name!r} of {len(self.fits)}>"
-
-    def summary(self) -> str:
-        fmt = lambda v: f"{v:.4g}"  # noqa: E731
-        return (
-            f"Candidates ranked by {self.criterion} (smaller is better):\n{self.table.to_string(float_format=fmt)}\n\n"
-            f"Likelihood-ratio tests of nested pairs:\n{self.lrt.to_string(float_format=fmt)}\n\n"
-            f"Chosen: {self.best_name}"
-        )
-
-
-def _rank(fits, criterion, pairs):
-    import warnings
-
-    crit = criterion.upper().replace("AICC", "AICc")
-    if crit not in ("AIC", "AICc", "BIC"):
-        raise LMMError(f"criterion must be 'aic', 'aicc' or 'bic', not {criterion!r}")
-    rows = []
-    for name, r in fits.items():
-        rows.append({"candidate": name, "npar": r.n_params, "logLik": r.loglik, "AIC": r.aic, "AICc": r.aicc,
-                     "BIC": r.bic, "converged": r.converged, "status": r.status_message})
-    table = pd.DataFrame(rows).set_index("candidate")
-    # non-converged fits rank last
-    table = table.assign(_bad=~table.converged).sort_values(["_bad", crit]).drop(columns="_bad")
-    lrows = []
-    for a, b in pairs:
-        if a in fits and b in fits:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t = lrt(fits[a], fits[b])
-            lrows.append({"null": a, "alternative": b, "LRT": t["statistic"], "df": t["df"], "p_value": t["p_value"],
-                          "reference": t["reference"]})
-    return table, pd.DataFrame(lrows)
-
-
-def select_covariance(formula: str, data, visit: str, subject: str,
-                      structures=("un", "cs", "csh", "ar1", "arh1"), criterion: str = "aic", reml: bool = True):
-    """Fit one mean model with several residual covariance structures and rank them.
-
-    ``formula`` is the mean model (``"y ~ arm * visit"``); each candidate adds
-    ``structure(visit | subject)``.  All fits use the same fixed effects and method (REML by
-    default, as SAS practice).  Nested pairs (CS in CSH in UN, AR(1) in ARH(1) in UN, CS/AR(1) in
-    UN, DIAG in CSH/ARH(1)) get LRTs against ``chi2(df)`` (their null values are interior).
-
-    Examples
-    --------
-    >>> import jaxlmm as lmm
-    >>> sel = lmm.select_covariance("CHG ~ ARMCD * AVISIT", lmm.example_trial(), visit="AVISIT",
-    ...                             subject="USUBJID", structures=("cs", "ar1", "arh1"))
-    >>> sel.best_name
-    'arh1'
-    """
-    import warnings
-
-    from .model import fit as _fit
-
-    fits = {}
-    for st in structures:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fits[st] = _fit(f"{formula} + {st}({visit} | {subject})", data, reml=reml)
-    pairs = [("cs", "csh"), ("csh", "un"), ("cs", "un"), ("ar1", "arh1"), ("arh1", "un"), ("ar1", "un"),
-             ("diag", "csh"), ("diag", "arh1"), ("diag", "un")]
-    table, lrt_table = _rank(fits, criterion, pairs)
-    return Selection(fits, table, lrt_table, criterion)
-
-
-def select_random(formula: str, data, group: str, slope: str, criterion: str = "aic", reml: bool = True,
-                  residual: str | None = None):
-    """Compare random parts for a slope variable ``slope`` within ``group``:
-
-    ``"intercept"`` (random intercept, fixed slope) ``(1 | g)``; ``"slope"`` (fixed intercept,
-    random slope) ``(0 + x | g)``; ``"intercept+slope (uncorrelated)"`` ``(x || g)``;
-    ``"intercept+slope"`` ``(x | g)``.  ``formula`` is the fixed part (it should contain
-    ``slope``); ``residual`` optionally adds a covariance term such as ``"ar1(visit | id)"``.
-    LRTs of nested pairs use the boundary-aware chi-bar-square mixtures (see the module doc).
-
-    Examples
-    --------
-    >>> import jaxlmm as lmm
-    >>> df = lmm.simulate_longitudinal(40, 5, seed=1, cov="id", re_sd=(1.5, 0.6))
-    >>> sel = lmm.select_random("y ~ time + arm", df, group="subject", slope="time")
-    >>> sel.best_name in sel.fits and len(sel.lrt) == 4
-    True
-    """
-    import warnings
-
-    from .model import fit as _fit
-
-    extra = f" + {residual}" if residual else ""
-    cands = {
-        "intercept": f"(1 | {group})",
-        "slope": f"(0 + {slope} | {group})",
-        "intercept+slope (uncorrelated)": f"({slope} || {group})",
-        "intercept+slope": f"({slope} | {group})",
-    }
-    fits = {}
-    for name, term in cands.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fits[name] = _fit(f"{formula} + {term}{extra}", data, reml=reml)
-    pairs = [("intercept", "intercept+slope (uncorrelated)"), ("slope", "intercept+slope (uncorrelated)"),
-             ("intercept", "intercept+slope"), ("intercept+slope (uncorrelated)", "intercept+slope")]
-    table, lrt_table = _rank(fits, criterion, pairs)
-    return Selection(fits, table, lrt_table, criterion)
 
 
 def bootstrap_lrt(null, alt, n: int = 1000, seed: int = 0, **kwargs) -> dict:

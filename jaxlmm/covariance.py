@@ -510,6 +510,13 @@ class RandomBlock:
             out += [f"corr[{self.columns[i]},{self.columns[j]}|{g}]" for i in range(k) for j in range(i + 1, k)]
         return out
 
+    def natural_chol(self, v):
+        """A factor of ``natural_matrix(v)``: ``diag(sd) chol(C)`` (exact when an SD is 0)."""
+        if not self.correlated:
+            return jnp.diag(v)
+        k = self.k
+        return v[:k, None] * jnp.linalg.cholesky(_corr_from_upper(v[k:], k))
+
     def chol(self, theta):
         k = self.k
         if not self.correlated:

@@ -6,7 +6,9 @@ data are reproducible bit for bit and carry no licence of another project.
 ``example_trial()`` is the built-in demo dataset: a two-arm clinical trial with repeated
 measures, baseline covariates and monotone dropout that depends on the last observed value
 (missing at random).  ``simulate_longitudinal()`` is the general generator used to build the
-reference datasets in ``tests/reference/``.
+reference datasets in ``tests/reference/`` (optionally with subjects nested in sites);
+``simulate_nested()`` and ``simulate_crossed()`` make hierarchical (pupils in classes in
+schools) and crossed (subjects x items) data.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["example_trial", "simulate_longitudinal", "structure_matrix"]
+__all__ = ["example_trial", "simulate_longitudinal", "simulate_nested", "simulate_crossed", "structure_matrix"]
 
 
 def structure_matrix(kind: str, n_visits: int, sd=1.0, rho: float = 0.5, corr=None) -> np.ndarray:
@@ -59,6 +61,8 @@ def simulate_longitudinal(
     missing: str = "none",
     missing_rate: float = 0.2,
     intercept: float = 10.0,
+    n_sites: int | None = None,
+    site_sd: float = 1.0,
 ) -> pd.DataFrame:
     """Simulate a longitudinal dataset, one row per subject and visit (before missingness).
 
@@ -72,6 +76,9 @@ def simulate_longitudinal(
     after a high residual: MAR), ``"intermittent"`` (cells missing at random, first visit
     always kept), ``"unequal"`` (each subject keeps a random number of leading visits, about
     10% keep only one, i.e. singletons).  Missing responses are NaN; the rows are kept.
+
+    With ``n_sites``, subjects are spread over sites (column ``site``, ``"T1"``, ...; about equal
+    numbers, in random order) and a site effect ``N(0, site_sd^2)`` is added to all its rows.
     """
     rng = np.random.default_rng(seed)
     T = n_visits
@@ -120,6 +127,9 @@ def simulate_longitudinal(
         obs = np.arange(T)[None, :] < keep[:, None]
     elif missing != "none":
         raise ValueError(f"missing must be none, monotone, intermittent or unequal, not {missing!r}")
+    if n_sites is not None:  # drawn after everything else: the data without sites are unchanged
+        site_of = rng.permutation(np.arange(n_subjects) % int(n_sites))
+        y = y + (site_sd * rng.normal(size=int(n_sites)))[site_of][:, None]
     for i in range(n_subjects):
         for j in range(T):
             rows.append(
@@ -133,7 +143,136 @@ def simulate_longitudinal(
                     y[i, j] if obs[i, j] else np.nan,
                 )
             )
-    return pd.DataFrame(rows, columns=["subject", "arm", "sex", "x", "visit", "time", "y"])
+    out = pd.DataFrame(rows, columns=["subject", "arm", "sex", "x", "visit", "time", "y"])
+    if n_sites is not None:
+        width_t = len(str(int(n_sites)))
+        out.insert(0, "site", np.repeat([f"T{str(k + 1).zfill(width_t)}" for k in site_of], T))
+    return out
+
+
+def _effects(rng, n, sds, corr):
+    """``n`` draws of correlated random effects with SDs ``sds`` and correlation ``corr``."""
+    sds = np.atleast_1d(np.asarray(sds, dtype=float))
+    k = len(sds)
+    C = np.full((k, k), float(corr))
+    np.fill_diagonal(C, 1.0)
+    return rng.multivariate_normal(np.zeros(k), C * np.outer(sds, sds), size=n, method="svd")
+
+
+def simulate_nested(
+    levels=(("school", 12), ("class", 4)),
+    n_rows: int = 6,
+    *,
+    sd=(1.0, 0.7),
+    slope_sd=None,
+    slope_corr: float = 0.0,
+    sigma: float = 1.0,
+    beta=(10.0, 0.5, 1.0),
+    unbalanced: float = 0.0,
+    unique_codes: bool = False,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Simulate hierarchical data: ``n_rows`` observations in each unit of the innermost level,
+    units nested in the levels above (outermost first in ``levels``, each with its number of
+    units per parent).
+
+    ``y = beta[0] + beta[1] x + beta[2] trt + sum_levels (u_l + v_l x) + e``: ``x`` varies by row,
+    ``trt`` (0/1) is fixed per outermost unit, ``u_l ~ N(0, sd[l]^2)`` per unit of level ``l``;
+    with ``slope_sd`` (one per level, or None) each unit also gets a slope ``v_l`` on ``x``
+    with correlation ``slope_corr`` to its ``u_l``; ``e ~ N(0, sigma^2)``.  ``unbalanced`` in
+    [0, 1): the share of rows dropped at random (the design becomes unbalanced; every unit keeps
+    at least one row).  Codes of inner levels are reused across parents (class ``"1"`` in every
+    school, as in many real files) unless ``unique_codes``: fit ``(1 | school/class)``, which
+    makes the inner factor ``class:school``.
+
+    Examples
+    --------
+    >>> d = simulate_nested((("school", 5), ("class", 3)), n_rows=4, seed=1)
+    >>> d.shape, list(d.columns)
+    ((60, 5), ['school', 'class', 'x', 'trt', 'y'])
+    """
+    rng = np.random.default_rng(seed)
+    names = [nm for nm, _ in levels]
+    counts = [int(k) for _, k in levels]
+    sd = np.broadcast_to(np.asarray(sd, dtype=float), (len(levels),))
+    ssd = None if slope_sd is None else np.broadcast_to(np.asarray(slope_sd, dtype=float), (len(levels),))
+    # unit index tuples, outermost first
+    grid = np.array(np.meshgrid(*[np.arange(k) for k in counts], indexing="ij")).reshape(len(counts), -1).T
+    grid = np.repeat(grid, n_rows, axis=0)
+    N = len(grid)
+    x = rng.normal(size=N)
+    trt = (np.arange(counts[0]) % 2)[rng.permutation(counts[0])][grid[:, 0]].astype(float)
+    y = beta[0] + beta[1] * x + beta[2] * trt + sigma * rng.normal(size=N)
+    cols = {}
+    for lv in range(len(levels)):
+        unit = np.unique(grid[:, : lv + 1], axis=0, return_inverse=True)[1].reshape(-1)
+        n_units = int(unit.max()) + 1
+        if ssd is None:
+            u = _effects(rng, n_units, [sd[lv]], 0.0)
+            y = y + u[unit, 0]
+        else:
+            u = _effects(rng, n_units, [sd[lv], ssd[lv]], slope_corr)
+            y = y + u[unit, 0] + u[unit, 1] * x
+        own = unit if unique_codes else grid[:, lv]
+        width = len(str(int(own.max()) + 1))
+        prefix = names[lv][0].upper() if lv == 0 or unique_codes else ""
+        cols[names[lv]] = [f"{prefix}{str(c + 1).zfill(width)}" for c in own]
+    out = pd.DataFrame({**cols, "x": x, "trt": trt, "y": y})
+    if unbalanced > 0:
+        keep = rng.uniform(size=N) >= unbalanced
+        first = np.r_[True, np.any(grid[1:] != grid[:-1], axis=1)]
+        out = out[keep | first].reset_index(drop=True)
+    return out
+
+
+def simulate_crossed(
+    n_subjects: int = 30,
+    n_items: int = 20,
+    *,
+    reps: int = 1,
+    sd_subject=(1.0, 0.3),
+    sd_item=(0.8, 0.2),
+    corr_subject: float = 0.3,
+    corr_item: float = -0.2,
+    sigma: float = 1.0,
+    beta=(5.0, 0.4),
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Simulate a subjects x items experiment: ``reps`` trials of every (subject, item) pair
+    (a random ``fraction`` of the pairs when < 1: partially crossed, unbalanced).
+
+    ``cond`` is -0.5 / 0.5 and counterbalanced: item j is in condition ``(i + j) mod 2`` for
+    subject i, so the condition varies within subjects and within items.
+    ``y = beta[0] + beta[1] cond + (s0 + s1 cond)_subject + (i0 + i1 cond)_item + e``, with
+    intercept and slope SDs ``sd_subject`` / ``sd_item`` (correlations ``corr_subject`` /
+    ``corr_item``) and ``e ~ N(0, sigma^2)``.
+
+    Examples
+    --------
+    >>> d = simulate_crossed(10, 8, seed=1)
+    >>> d.shape, list(d.columns)
+    ((80, 4), ['subject', 'item', 'cond', 'y'])
+    """
+    rng = np.random.default_rng(seed)
+    s_eff = _effects(rng, n_subjects, sd_subject, corr_subject)
+    i_eff = _effects(rng, n_items, sd_item, corr_item)
+    si, ii = np.meshgrid(np.arange(n_subjects), np.arange(n_items), indexing="ij")
+    si, ii = si.reshape(-1), ii.reshape(-1)
+    if fraction < 1:
+        keep = rng.uniform(size=len(si)) < fraction
+        si, ii = si[keep], ii[keep]
+    si, ii = np.repeat(si, reps), np.repeat(ii, reps)
+    cond = np.where((si + ii) % 2 == 0, -0.5, 0.5)
+    y = (beta[0] + beta[1] * cond + s_eff[si, 0] + s_eff[si, 1] * cond + i_eff[ii, 0] + i_eff[ii, 1] * cond
+         + sigma * rng.normal(size=len(si)))
+    ws, wi = len(str(n_subjects)), len(str(n_items))
+    return pd.DataFrame({
+        "subject": [f"S{str(k + 1).zfill(ws)}" for k in si],
+        "item": [f"I{str(k + 1).zfill(wi)}" for k in ii],
+        "cond": cond,
+        "y": y,
+    })
 
 
 def example_trial(n_subjects: int = 150, seed: int = 20261129) -> pd.DataFrame:

@@ -22,9 +22,10 @@ import pandas as pd
 from .covariance import RandomBlock, make_structure
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, parse_formula
-from .likelihood import ModelData, ModelSpec
+from .spec import ModelData, ModelSpec
+from .terms import DENSE_LIMIT, Factor, make_factor, nested_in, plan_level2, same_partition
 
-__all__ = ["DesignInfo", "build_design", "bucket"]
+__all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows"]
 
 
 def bucket(n: int) -> int:
@@ -43,7 +44,9 @@ class DesignInfo:
     dropped_aliased: list[str]
     x_spec: object  # formulaic ModelSpec of the fixed part (full, before dropping aliased columns)
     keep_cols: np.ndarray  # indices of kept fixed columns
-    re_specs: list  # formulaic ModelSpec per random term
+    re_specs: list  # formulaic ModelSpec per random term (of random_terms)
+    random_terms: tuple  # the random terms fitted (nested terms expanded, absorbed ones dropped)
+    factors: dict  # grouping factor name -> terms.Factor (codes of the used rows, level labels)
     blocks: tuple[RandomBlock, ...]
     subject: str | None
     visit: str | None
@@ -73,7 +76,7 @@ def _rename_intercept(cols):
     return ["(Intercept)" if c == "Intercept" else c for c in cols]
 
 
-def _check_columns(names, data, what):
+def check_columns(names, data, what):
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"The data must be a pandas DataFrame, not {type(data).__name__}.")
     for name in names:
@@ -223,7 +226,7 @@ def _check_finite(M: np.ndarray, names, what: str, labels) -> None:
         )
 
 
-def _levels(series: pd.Series):
+def levels_of(series: pd.Series):
     if isinstance(series.dtype, pd.CategoricalDtype):
         present = set(series.dropna().unique())
         return [c for c in series.cat.categories if c in present]
@@ -262,6 +265,77 @@ def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     return np.asarray(keep, dtype=int)
 
 
+@dataclass
+class _Grouping:
+    terms: list  # random terms kept
+    factors: dict  # name -> Factor
+    subject: str | None  # the level-1 subject (covariance term's, or the only grouping factor)
+    subject_factor: Factor | None
+    level1: set  # names of the factors on the subject
+
+
+def _grouping(pf: ParsedFormula, df: pd.DataFrame) -> _Grouping:
+    """Build the grouping factors and split them into level 1 (on the residual subject) and
+    level 2 (nested or crossed).  A term expanded from ``a/b`` that the residual structure
+    already contains (any term with ``un``, an intercept with ``cs``/``csh``) is dropped with
+    a warning; such a term written out is an error (below, with the identifiability checks)."""
+    factors: dict[str, Factor] = {}
+    where = {}
+    for r in pf.random:
+        if r.group not in factors:
+            fac = make_factor(df, r.group, r.columns, levels_of, _label)
+            if fac.n_levels < 2:
+                raise DataError(
+                    f"The grouping factor {r.group!r} of {r.origin or r.text} has only {fac.n_levels} level in the "
+                    "usable rows; a random effect needs several levels. Drop the term or check the column(s) "
+                    f"{list(r.columns)} and the rows dropped for missing values."
+                )
+            factors[r.group] = fac
+            where[r.group] = r.origin or r.text
+    names = list(factors)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if same_partition(factors[a].codes, factors[b].codes):
+                raise FormulaError(
+                    f"The grouping factors {a!r} (in {where[a]}) and {b!r} (in {where[b]}) group the rows identically, "
+                    "so their variances cannot be told apart. Keep one of them."
+                )
+    terms = list(pf.random)
+    cov = pf.cov
+    if cov is not None:
+        sf = make_factor(df, cov.subject, (cov.subject,), levels_of, _label)
+        level1 = {g for g, fac in factors.items() if same_partition(fac.codes, sf.codes)}
+        for g, fac in factors.items():
+            if g not in level1 and not nested_in(sf.codes, fac.codes):
+                raise FormulaError(
+                    f"The grouping factor {g!r} of {where[g]} varies within the subjects of {cov.text} (it is crossed "
+                    f"with {cov.subject!r}, or nested in it); random effects that vary within the residual subject "
+                    f"are not supported with a covariance term yet. Use a factor that {cov.subject!r} is nested in, "
+                    "or drop the covariance term."
+                )
+        kept = []
+        for r in terms:
+            absorbed = r.group in level1 and r.origin and (
+                cov.structure == "un" or (cov.structure in ("cs", "csh") and r.expr.strip() == "1"))
+            if absorbed:
+                warnings.warn(
+                    f"{r.text} (from {r.origin}) is a random effect per subject, which {cov.text} already contains; "
+                    f"it is not identifiable and is left out: the model fitted has the other terms and {cov.text}.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                continue
+            kept.append(r)
+        terms = kept
+        factors = {g: f for g, f in factors.items() if any(r.group == g for r in terms)}
+        level1 &= set(factors)
+        return _Grouping(terms, factors, cov.subject, sf, level1)
+    if len(factors) == 1:
+        (g, fac), = factors.items()
+        return _Grouping(terms, factors, g, fac, {g})
+    return _Grouping(terms, factors, None, None, set())
+
+
 def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_response: bool = True):
     """Build ``(ModelData, ModelSpec, DesignInfo, y_rows)`` from a formula and a DataFrame.
 
@@ -279,7 +353,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
     has_response = pf.response in data.columns
     if require_response or has_response:
-        _check_columns([pf.response], data, "response")
+        check_columns([pf.response], data, "response")
         if not pd.api.types.is_numeric_dtype(data[pf.response]) or pd.api.types.is_bool_dtype(data[pf.response]):
             raise DataError(
                 f"The response {pf.response!r} is not numeric (dtype {data[pf.response].dtype}); convert it, e.g. "
@@ -292,12 +366,12 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     for v in _required(pf.fixed, data, "fixed-effects formula"):
         used.setdefault(v, "fixed effects")
         rhs_vars.setdefault(v, "fixed part")
-    groups = sorted({r.group for r in pf.random})
     for r in pf.random:
         for v in _required(r.expr, data, f"random term {r.text}"):
             used.setdefault(v, f"random term {r.text}")
             rhs_vars.setdefault(v, f"random term {r.text}")
-        used.setdefault(r.group, f"grouping factor of {r.text}")
+        for c in r.columns:
+            used.setdefault(c, f"grouping factor of {r.origin or r.text}")
     if pf.response in rhs_vars:
         raise FormulaError(
             f"The response {pf.response!r} also appears on the right of '~' (in the {rhs_vars[pf.response]}); "
@@ -307,16 +381,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         used.setdefault(pf.cov.visit, f"visit of {pf.cov.text}")
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
     for name, what in used.items():
-        _check_columns([name], data, what)
-
-    # grouping: one factor for random terms and the covariance term
-    subject = pf.cov.subject if pf.cov is not None else (groups[0] if groups else None)
-    if len(groups) > 1 or (groups and subject != groups[0]):
-        names = sorted(set(groups) | ({subject} if subject else set()))
-        raise FormulaError(
-            f"The random terms and the covariance term group by different columns {names}; jaxlmm fits one "
-            "grouping factor (nested or crossed random effects are not supported yet). Use one subject column."
-        )
+        check_columns([name], data, what)
 
     for name in used:
         col = data[name]
@@ -328,7 +393,10 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
                     f"{_py(labels[np.argmax(isinf)])!r}; replace them with NaN (dropped as missing) or finite values."
                 )
 
-    n_subjects_input = int(data[subject].nunique()) if subject is not None else n_rows_input
+    subject_cols = (pf.cov.subject,) if pf.cov is not None else (
+        pf.random[0].columns if len({r.group for r in pf.random}) == 1 else ())
+    n_subjects_input = (int(data[list(subject_cols)].dropna().drop_duplicates().shape[0]) if subject_cols
+                        else n_rows_input)
     miss = data[list(used)].isna()
     dropped_by_column = {c: int(n) for c, n in miss.sum().items() if n}
     keep = ~miss.any(axis=1)
@@ -362,9 +430,15 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     X = Xfull[:, keep_cols]
     fixed_names = [xnames[j] for j in keep_cols]
 
-    # random effects
+    # grouping factors: which are on the residual subject (level 1), which are level 2
+    n = len(df)
+    grouping = _grouping(pf, df)
+    terms, subject, level1 = grouping.terms, grouping.subject, grouping.level1
+    factors = grouping.factors
+
+    # random effects, one block per correlated term (per column for "||")
     blocks, Zparts, re_specs = [], [], []
-    for r in pf.random:
+    for r in terms:
         zm = _model_matrix(r.expr, df, f"random term {r.text}")
         cols = _rename_intercept(list(zm.columns))
         Zr = np.asarray(zm.to_numpy(dtype=float))
@@ -379,13 +453,17 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         else:
             blocks.extend(RandomBlock((c,), r.group, True) for c in cols)
         Zparts.append(Zr)
-    Z = np.concatenate(Zparts, axis=1) if Zparts else np.zeros((len(df), 0))
+    Zall = np.concatenate(Zparts, axis=1) if Zparts else np.zeros((n, 0))
+    offs = np.cumsum([0] + [b.k for b in blocks])
+    block_cols = [np.arange(offs[j], offs[j + 1]) for j in range(len(blocks))]
+    l1 = [j for j, b in enumerate(blocks) if b.group in level1]
+    Z = Zall[:, np.concatenate([block_cols[j] for j in l1])] if l1 else np.zeros((n, 0))
 
-    # subjects and visit positions
-    n = len(df)
+    # subjects (level 1) and visit positions
     if subject is not None:
-        subj_levels = _levels(df[subject])
-        s_code = pd.Categorical(df[subject], categories=subj_levels).codes.astype(int)
+        sf = grouping.subject_factor
+        subj_levels = list(sf.values)
+        s_code = sf.codes
     else:
         subj_levels = list(range(n))
         s_code = np.arange(n)
@@ -397,7 +475,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         )
     visit = pf.cov.visit if pf.cov is not None else None
     if visit is not None:
-        levels = _levels(df[visit])
+        levels = levels_of(df[visit])
         t_code = pd.Categorical(df[visit], categories=levels).codes.astype(int)
         dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
         if dup.any():
@@ -442,16 +520,40 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     XX[s_code, t_code] = X
     ZZ[s_code, t_code] = Z
 
+    # level 2: the plan (elimination order, chain and tail) and its index arrays
+    plan, Z2, idx = None, None, None
+    l2_names = [g for g in dict.fromkeys(b.group for b in blocks) if g not in level1]
+    if l2_names:
+        first = np.full(S, -1)
+        first[s_code[::-1]] = np.arange(n)[::-1]  # a row of each subject
+        specs = []
+        for g in l2_names:
+            js = [j for j, b in enumerate(blocks) if b.group == g]
+            specs.append((g, factors[g].codes[first], factors[g].n_levels, js, sum(blocks[j].k for j in js)))
+        plan, idx = plan_level2(specs, S_pad)
+        if plan.m_tail > DENSE_LIMIT:
+            tail = [f for f in plan.factors if not f.chained]
+            what = ", ".join(f"{f.name!r} ({f.n_levels} levels x {f.k})" for f in tail)
+            raise DataError(
+                f"The crossed grouping factors {what} need a dense block of {plan.m_tail} x {plan.m_tail} in the "
+                f"likelihood; this machine factors up to {DENSE_LIMIT} (one factorisation per evaluation). Drop or "
+                "coarsen the factor with the most levels, model it as a fixed effect, or nest it in another factor."
+            )
+        cols2 = np.concatenate([block_cols[j] for f in plan.factors for j in f.blocks])
+        Z2 = np.zeros((S_pad, T, len(cols2)))
+        Z2[s_code, t_code] = Zall[:, cols2]
+
     resid = make_structure(structure, T)
-    spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T)
+    spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T, plan=plan)
 
     # identifiability
-    if structure == "un" and blocks:
+    lvl1_blocks = [blocks[j] for j in l1]
+    if structure == "un" and lvl1_blocks:
         raise FormulaError(
             f"Random terms together with {pf.cov.text} are not identifiable: an unstructured residual "
             "covariance already absorbs them. Drop the random terms or choose ar1/arh1/diag."
         )
-    if structure in ("cs", "csh") and any("(Intercept)" in b.columns for b in blocks):
+    if structure in ("cs", "csh") and any("(Intercept)" in b.columns for b in lvl1_blocks):
         raise FormulaError(
             f"A random intercept together with {pf.cov.text} is not identifiable (both add a constant "
             "covariance). Drop one of them."
@@ -475,6 +577,14 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             f"only {n} usable rows, so they cannot be told apart from the residual. Check that {subject!r} groups "
             "several rows, or simplify the random terms."
         )
+    if has_response and plan is not None:
+        for f in plan.factors:
+            if pf.cov is None and f.n_levels * f.k >= n:
+                raise DataError(
+                    f"The grouping factor {f.name!r} has {f.n_levels} levels x {f.k} random effects = "
+                    f"{f.n_levels * f.k}, not fewer than the {n} usable rows, so they cannot be told apart from the "
+                    f"residual. Check that {f.name!r} groups several rows, or drop or simplify its terms."
+                )
     resid0 = yv - X @ np.linalg.lstsq(X, yv, rcond=None)[0]
     if has_response and np.linalg.norm(resid0) <= 1e-10 * max(np.linalg.norm(yv), 1e-300):
         raise DataError(
@@ -494,6 +604,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         x_spec=mm.model_spec,
         keep_cols=keep_cols,
         re_specs=re_specs,
+        random_terms=tuple(terms),
+        factors=factors,
         blocks=tuple(blocks),
         subject=subject,
         visit=visit,
@@ -513,7 +625,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         T=T,
         structure=structure,
     )
-    data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ)
+    data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx)
     return data_arrays, spec, info
 
 
@@ -523,10 +635,10 @@ def new_design_rows(info: DesignInfo, newdata: pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, not {type(newdata).__name__}.")
     pf = info.formula
     parts = [(pf.fixed, "fixed-effects formula", info.x_spec)]
-    parts += [(r.expr, f"random term {r.text}", sp) for r, sp in zip(pf.random, info.re_specs)]
+    parts += [(r.expr, f"random term {r.text}", sp) for r, sp in zip(info.random_terms, info.re_specs)]
     mats = []
     for expr, what, spec in parts:
-        _check_columns(_required(expr, newdata, what), newdata, f"{what}, needed for prediction")
+        check_columns(_required(expr, newdata, what), newdata, f"{what}, needed for prediction")
         try:
             mats.append(np.asarray(spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)))
         except Exception as e:  # e.g. a factor level not seen in the fit

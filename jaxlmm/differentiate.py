@@ -50,11 +50,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.scipy.linalg import cho_solve, solve_triangular
+from jax.scipy.linalg import cho_solve
 
 from .errors import DataError, LMMError
-from .likelihood import LOG2PI, ModelData, ModelSpec
+from .fitting import start_values
+from .likelihood import LOG2PI, assemble, gls_pieces
 from .optimize import BOUNDARY, CONVERGED, newton
+from .spec import ModelData, ModelSpec
 
 __all__ = [
     "Solution",
@@ -69,51 +71,21 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------
-# Weighted likelihood pieces (pure)
+# Weighted likelihood pieces (pure): the engine's GLS pieces with subject weights
 # ---------------------------------------------------------------------------------------
 
 
 def _masked(data: ModelData) -> ModelData:
-    """Zero the masked cells of y, X, Z (their derivatives are then exactly 0)."""
-    m = jax.lax.stop_gradient(jnp.asarray(data.m))
-    return ModelData(jnp.asarray(data.y) * m, m, jnp.asarray(data.X) * m[..., None], jnp.asarray(data.Z) * m[..., None])
-
-
-def _vstar(theta, data: ModelData, spec: ModelSpec):
-    """V*_i = (m m') * (Z_i G Z_i' + R) + diag(1 - m) for every subject: [S, T, T]."""
-    R = spec.R(theta)
-    V = jnp.broadcast_to(R, data.m.shape + (spec.T,))
-    if spec.q:
-        V = V + jnp.einsum("stk,kl,sul->stu", data.Z, spec.G(theta), data.Z)
-    mm = data.m[:, :, None] * data.m[:, None, :]
-    return mm * V + jnp.eye(spec.T, dtype=V.dtype) * (1.0 - data.m)[:, :, None]
-
-
-def _weighted_pieces(theta, data: ModelData, spec: ModelSpec, w):
-    """(A_w, b_w, c_w, sum_i w_i log|V_i|, N_w) for masked data."""
-    L = jnp.linalg.cholesky(_vstar(theta, data, spec))
-    Xw = solve_triangular(L, data.X, lower=True)
-    yw = solve_triangular(L, data.y[..., None], lower=True)[..., 0]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    A = jnp.einsum("s,stp,stq->pq", w, Xw, Xw)
-    b = jnp.einsum("s,stp,st->p", w, Xw, yw)
-    c = jnp.einsum("s,st,st->", w, yw, yw)
-    n = jnp.dot(w, jnp.sum(data.m, axis=-1))
-    return A, b, c, jnp.dot(w, logdet), n
+    """Zero the masked cells of y, X, Z, Z2 (their derivatives are then exactly 0)."""
+    return data.masked(jax.lax.stop_gradient(jnp.asarray(data.m)))
 
 
 def _wdev(theta, data: ModelData, spec: ModelSpec, reml: bool, w):
-    A, b, c, logdet, n = _weighted_pieces(theta, data, spec, w)
-    LA = jnp.linalg.cholesky(A)
-    u = solve_triangular(LA, b, lower=True)
-    dev = logdet + c - jnp.dot(u, u) + n * LOG2PI
-    if reml:
-        dev = dev + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - A.shape[0] * LOG2PI
-    return dev
+    return assemble(gls_pieces(theta, data, spec, w), reml)
 
 
 def _wbeta(theta, data: ModelData, spec: ModelSpec, w):
-    A, b, _, _, _ = _weighted_pieces(theta, data, spec, w)
+    A, b = gls_pieces(theta, data, spec, w)[:2]
     return cho_solve((jnp.linalg.cholesky(A), True), b)
 
 
@@ -144,22 +116,30 @@ def _check_data(data, spec) -> ModelData:
             f"data must be a jaxlmm ModelData (padded arrays y [S, T], m, X [S, T, p], Z [S, T, q], e.g. "
             f"lmm.Model(formula, df).arrays), not {type(data).__name__}."
         )
-    y, m, X, Z = (jnp.asarray(a) for a in data)
+    y, m, X, Z = (jnp.asarray(a) for a in data[:4])
     if y.ndim != 2 or m.shape != y.shape or X.ndim != 3 or X.shape[:2] != y.shape or Z.shape[:2] != y.shape:
         raise DataError(
             f"data arrays have inconsistent shapes y {y.shape}, m {m.shape}, X {X.shape}, Z {Z.shape}; expected "
             "y and m [S, T], X [S, T, p], Z [S, T, q] (under vmap: the shapes of one dataset)."
         )
-    if y.shape[1] != spec.T or Z.shape[2] != spec.q:
+    if y.shape[1] != spec.T or Z.shape[2] != spec.q or (spec.plan is None) != (data.Z2 is None):
         raise DataError(
             f"data (T = {y.shape[1]} visit positions, q = {Z.shape[2]} random effects) do not match spec "
             f"(T = {spec.T}, q = {spec.q}); build both from the same lmm.Model."
         )
     dt = jnp.result_type(y.dtype, X.dtype, jnp.float32)
-    return ModelData(*(a.astype(dt) for a in (y, m, X, Z)))
+    Z2 = None if data.Z2 is None else jnp.asarray(data.Z2).astype(dt)
+    return ModelData(*(a.astype(dt) for a in (y, m, X, Z)), Z2, data.idx)
 
 
-def _check_weights(weights, S: int, dtype):
+def _check_weights(weights, S: int, dtype, spec=None):
+    if spec is not None and spec.plan is not None:
+        if weights is not None:
+            raise LMMError(
+                "Subject weights need independent subjects; with nested or crossed random effects the subjects are "
+                "correlated through the other factors, so weights are not supported for this model."
+            )
+        return None
     if weights is None:
         return jnp.ones((S,), dtype)
     w = jnp.asarray(weights)
@@ -186,16 +166,18 @@ def _check_theta(theta, spec, what="theta0"):
 
 
 def _start(data: ModelData, spec: ModelSpec):
-    """Moment-based start values (``jaxlmm.model.start_values``) through a host callback, so
-    that :func:`solve` also works on traced data (under jit, vmap and grad)."""
-    from .model import start_values
+    """Moment-based start values (:func:`jaxlmm.fitting.start_values`) through a host callback,
+    so that :func:`solve` also works on traced data (under jit, vmap and grad)."""
 
-    def host(y, m, X, Z):
-        d = ModelData(np.asarray(y), np.asarray(m), np.asarray(X), np.asarray(Z))
+    has2 = data.Z2 is not None
+
+    def host(y, m, X, Z, *rest):
+        d = ModelData(np.asarray(y), np.asarray(m), np.asarray(X), np.asarray(Z),
+                      np.asarray(rest[0]) if has2 else None, data.idx)
         return np.asarray(start_values(d, spec), dtype=np.dtype(data.y.dtype))
 
     out = jax.ShapeDtypeStruct((spec.n_theta,), data.y.dtype)
-    args = [jax.lax.stop_gradient(a) for a in data]
+    args = [jax.lax.stop_gradient(a) for a in data[: 5 if has2 else 4]]
     return jax.pure_callback(host, out, *args, vmap_method="sequential")
 
 
@@ -294,7 +276,7 @@ def solve(data: ModelData, spec: ModelSpec, reml: bool = True, weights=None, the
     _check_spec(spec)
     reml = _check_reml(reml)
     data = _check_data(data, spec)
-    w = _check_weights(weights, data.y.shape[0], data.y.dtype)
+    w = _check_weights(weights, data.y.shape[0], data.y.dtype, spec)
     th0 = None if theta0 is None else _check_theta(theta0, spec).astype(data.y.dtype)
     return _solve_core(data, w, th0, spec, reml, int(max_iter), float(tol))
 
@@ -303,8 +285,8 @@ def solve(data: ModelData, spec: ModelSpec, reml: bool = True, weights=None, the
 def _solve_core(data, w, theta0, spec, reml, max_iter, tol):
     data = _masked(data)
     th0 = _start(data, spec) if theta0 is None else theta0
-    const = ModelData(*(jax.lax.stop_gradient(a) for a in data))
-    wc = jax.lax.stop_gradient(w)
+    const = jax.tree.map(jax.lax.stop_gradient, data)
+    wc = None if w is None else jax.lax.stop_gradient(w)
 
     def obj(th):
         return _wdev(th, const, spec, reml, wc)
@@ -365,25 +347,22 @@ def weighted_deviance(theta, data: ModelData, spec: ModelSpec, reml: bool = True
     _check_spec(spec)
     reml = _check_reml(reml)
     data = _masked(_check_data(data, spec))
-    w = _check_weights(weights, data.y.shape[0], data.y.dtype)
+    w = _check_weights(weights, data.y.shape[0], data.y.dtype, spec)
     return _wdev(_check_theta(theta, spec, "theta"), data, spec, reml, w)
 
 
 def _model_parts(model):
     """(ModelData as jnp arrays, spec) of a Model or an LMMResult."""
-    from .model import Model
-
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), Model):
+    if hasattr(model, "record") and hasattr(model, "model"):
         model = model.model  # an LMMResult
-    if not isinstance(model, Model):
+    if not (hasattr(model, "arrays") and hasattr(model, "spec") and hasattr(model, "info")):
         raise LMMError(f"model must be a jaxlmm Model or LMMResult, not {type(model).__name__}.")
     if not model.has_response:
         raise DataError(
             f"The model's data have no response column {model.info.formula.response!r}; a likelihood needs one. "
             "Add the column or build the Model from data with the response."
         )
-    data = ModelData(*(jnp.asarray(a, dtype=jnp.float64) for a in model.arrays))
-    return data, model.spec
+    return model.arrays.to_jax(), model.spec
 
 
 def profiled_deviance(theta, model, reml: bool = True, weights=None):
@@ -410,7 +389,7 @@ def profiled_deviance(theta, model, reml: bool = True, weights=None):
 def _pad_weights(weights, model, data):
     if weights is None:
         return None
-    info = (model.model if hasattr(model, "_theta_u") else model).info
+    info = (model.model if hasattr(model, "record") else model).info
     w = jnp.asarray(weights)
     S_pad = data.y.shape[0]
     if w.shape == (info.S,) and info.S != S_pad:
@@ -486,7 +465,7 @@ def loglik(params, model, reml: bool = False, weights=None):
         )
     theta = _check_theta(params["theta"], spec, "params['theta']")
     d = _masked(data)
-    wv = _check_weights(w, d.y.shape[0], d.y.dtype)
+    wv = _check_weights(w, d.y.shape[0], d.y.dtype, spec)
     if reml:
         return -0.5 * _wdev(theta, d, spec, True, wv)
     beta = jnp.asarray(params["beta"])
@@ -494,12 +473,10 @@ def loglik(params, model, reml: bool = False, weights=None):
     if beta.shape != (p,):
         raise LMMError(f"params['beta'] must hold the {p} fixed effects (in the order of res.fixef), got shape "
                        f"{tuple(beta.shape)}.")
-    L = jnp.linalg.cholesky(_vstar(theta, d, spec))
-    r = (d.y - jnp.einsum("stp,p->st", d.X, beta)) * d.m
-    z = solve_triangular(L, r[..., None], lower=True)[..., 0]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    per_subject = logdet + jnp.sum(z * z, axis=-1) + jnp.sum(d.m, axis=-1) * LOG2PI
-    return -0.5 * jnp.dot(wv, per_subject)
+    # (y - X beta)' V^-1 (y - X beta) = c - 2 b' beta + beta' A beta
+    A, b, c, logdet, n = gls_pieces(theta, d, spec, wv)
+    quad = c - 2.0 * jnp.dot(b, beta) + beta @ A @ beta
+    return -0.5 * (logdet + quad + n * LOG2PI)
 
 
 def params_from_result(res) -> dict:
@@ -531,8 +508,8 @@ def fixed_effects_vcov(theta, data: ModelData, spec: ModelSpec, weights=None):
     """
     _check_spec(spec)
     data = _masked(_check_data(data, spec))
-    w = _check_weights(weights, data.y.shape[0], data.y.dtype)
-    A, _, _, _, _ = _weighted_pieces(_check_theta(theta, spec, "theta"), data, spec, w)
+    w = _check_weights(weights, data.y.shape[0], data.y.dtype, spec)
+    A = gls_pieces(_check_theta(theta, spec, "theta"), data, spec, w).A
     return cho_solve((jnp.linalg.cholesky(A), True), jnp.eye(A.shape[0], dtype=A.dtype))
 
 
@@ -626,10 +603,13 @@ def influence(result, method: str = "derivative") -> pd.DataFrame:
     >>> infl.shape, list(infl.columns)[-2:]
     ((20, 5), ['sigma', 'rho'])
     """
-    from .results import LMMResult
-
-    if not isinstance(result, LMMResult):
+    if not hasattr(result, "record"):
         raise LMMError(f"influence() needs an LMMResult (from lmm.fit or Model.fit), not {type(result).__name__}.")
+    if result.model.spec.plan is not None:
+        raise LMMError(
+            "influence() measures the weight of each independent subject; with nested or crossed random effects the "
+            "subjects are correlated through the other factors, so it is not available for this model."
+        )
     if method not in ("derivative", "one-step", "loo"):
         raise LMMError(f"method must be 'derivative', 'one-step' or 'loo', not {method!r}.")
     if result.status != CONVERGED:

@@ -2,7 +2,10 @@
 
 The fixed part is handed to formulaic unchanged (treatment contrasts, ``C()``, interactions,
 transforms).  Random terms follow lme4: ``(1 | g)``, ``(0 + x | g)``, ``(1 + x | g)`` /
-``(x | g)`` (intercept implied), ``(1 + x || g)`` (uncorrelated).  A covariance term
+``(x | g)`` (intercept implied), ``(1 + x || g)`` (uncorrelated).  The grouping factor may be
+an interaction ``a:b`` (one level per observed combination) or nested ``a/b``, which expands as
+in lme4 to the two terms ``(... | a) + (... | b:a)``; ``a/b/c`` gives ``a``, ``b:a`` and
+``c:b:a``.  A covariance term
 ``name(visit | subject)`` sets the within-subject (R-side) residual covariance; without one
 the residuals are ``sigma^2 I``.
 """
@@ -34,9 +37,15 @@ _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 @dataclass(frozen=True)
 class RandomTerm:
     expr: str  # left of the bar, e.g. "1 + Days"
-    group: str  # grouping column
+    group: str  # name of the grouping factor: a column, or an interaction such as "cask:batch"
     correlated: bool  # False for "||"
-    text: str  # the term as written
+    text: str  # the term (as written, or as expanded from a nested "a/b" term)
+    factors: tuple[str, ...] = ()  # the columns whose combinations are the levels (default: (group,))
+    origin: str = ""  # the term as written when it was expanded from "a/b" (else "")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.factors or (self.group,)
 
 
 @dataclass(frozen=True)
@@ -197,14 +206,20 @@ def parse_formula(formula: str) -> ParsedFormula:
                 expr, grp, correlated = bar[0].strip(), bar[1].strip(), bar[2]
                 if not expr:
                     raise _caret(text, pos, f"Random term {term!r} has nothing left of '|': write (1 | {grp or 'g'}).")
-                if not _NAME.match(grp):
-                    raise _caret(
-                        text, pos, f"Random term {term!r}: the grouping factor right of '|' must be one column name."
-                    )
+                levels = _grouping(grp, term, text, pos)
                 lhs = bar[0]
                 where = pos + 1 + len(lhs) - len(lhs.lstrip())
                 _check_syntax(expr, text, where, f"{expr!r} (left of '|' in random term {term!r})")
-                random.append(RandomTerm(expr=expr, group=grp, correlated=bool(correlated), text=term))
+                bar_s = "||" if not correlated else "|"
+                expanded = len(levels) > 1
+                for j in range(len(levels)):
+                    # lme4's names: the inner factor first ("b:a" for a/b)
+                    cols = tuple(c for lev in reversed(levels[: j + 1]) for c in lev)
+                    name = ":".join(cols)
+                    random.append(RandomTerm(
+                        expr=expr, group=name, correlated=bool(correlated),
+                        text=f"({expr} {bar_s} {name})" if expanded else term,
+                        factors=cols, origin=term if expanded else ""))
                 continue
         m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)$", term, re.S)
         if m and _matching(term, term.index("(")) == len(term) - 1:
@@ -247,6 +262,27 @@ def parse_formula(formula: str) -> ParsedFormula:
         fixed_terms.append(term)
     fixed = " + ".join(fixed_terms) if fixed_terms else "1"
     return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random), cov=cov)
+
+
+def _grouping(grp: str, term: str, text: str, pos: int) -> list[tuple[str, ...]]:
+    """The grouping expression right of '|' as nesting levels, outermost first: ``"a"`` ->
+    ``[("a",)]``, ``"a:b"`` -> ``[("a", "b")]``, ``"a/b"`` -> ``[("a",), ("b",)]``."""
+    levels = []
+    for part in grp.split("/"):
+        cols = tuple(c.strip() for c in part.split(":"))
+        if not all(_NAME.match(c) for c in cols):
+            raise _caret(
+                text, pos,
+                f"Random term {term!r}: the grouping factor right of '|' must be a column name, an interaction of "
+                "columns (a:b) or nested columns (a/b), e.g. (1 | school/class).",
+            )
+        if len(set(cols)) < len(cols):
+            raise _caret(text, pos, f"Random term {term!r} repeats a column in the grouping factor {grp!r}.")
+        levels.append(cols)
+    flat = [c for lev in levels for c in lev]
+    if len(set(flat)) < len(flat):
+        raise _caret(text, pos, f"Random term {term!r} repeats a column in the grouping factor {grp!r}.")
+    return levels
 
 
 def _matching(s: str, start: int = 0) -> int:

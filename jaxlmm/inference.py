@@ -25,11 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .likelihood import beta_vcov
+from .errors import LMMError
+from .likelihood import beta_vcov, cluster_layout, deviance, gls_pieces
+from .spec import cluster_covariance
 
-__all__ = ["DDF_METHODS", "satterthwaite_pieces", "satterthwaite_df", "satterthwaite_df_multi"]
+__all__ = ["DDF_METHODS", "satterthwaite_pieces", "satterthwaite_df", "satterthwaite_df_multi", "kenward_roger",
+           "wald_test", "sandwich", "between_within", "satterthwaite_df_at", "satterthwaite_df_batch",
+           "KR_MAX_CELLS"]
 
 DDF_METHODS = ("satterthwaite", "kenward-roger", "kenward-roger-linear", "residual", "between-within")
+
+#: largest independent cluster (observations linked by random effects) for Kenward-Roger and
+#: sandwich SEs, which work with its dense covariance matrix (as pbkrtest does)
+KR_MAX_CELLS = 3000
 
 
 def between_within(result):
@@ -49,6 +57,11 @@ def between_within(result):
     (['(Intercept)', 'time', 'arm[T.B]'], [False, True, False])
     """
     info = result.info
+    if info.subject is None:
+        raise LMMError(
+            "between-within df split the residual df by subject; this model has no subject (several crossed or "
+            "nested grouping factors and no covariance term). Use ddf='satterthwaite' or 'kenward-roger'."
+        )
     a = result.model.arrays
     X = np.asarray(a.X)[info.row_s, info.row_t]
     s = info.row_s
@@ -65,23 +78,20 @@ def between_within(result):
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _phi_and_jacobian(theta, data, spec):
-    phi = lambda th: beta_vcov(th, data, spec)[1]  # noqa: E731
+def _phi_and_jacobian(theta, payload, spec):
+    phi = lambda th: beta_vcov(th, payload, spec)[1]  # noqa: E731
     return phi(theta), jax.jacfwd(phi)(theta)
 
 
 def satterthwaite_pieces(result):
-    """(Phi, dPhi/dtheta [p, p, k], Cov(theta_hat) [k, k]) at the estimate (cached on the result)."""
-    cache = result.__dict__.setdefault("_cache", {})
-    if "satt" not in cache:
-        from .model import _to_jax
-
-        phi, jac = _phi_and_jacobian(jnp.asarray(result._theta_u), _to_jax(result.model.arrays), result.model.spec)
-        H = np.asarray(result._opt.hess)
-        H = 0.5 * (H + H.T)
-        cov_theta = 2.0 * np.linalg.pinv(H, rcond=1e-10, hermitian=True)
-        cache["satt"] = (np.asarray(phi), np.asarray(jac), cov_theta)
-    return cache["satt"]
+    """(Phi, dPhi/dtheta [p, p, k], Cov(theta_hat) [k, k]) at the estimate, computed on the
+    fit's own likelihood payload (no other layout is compiled).  Cached by the result as
+    ``result.satterthwaite``."""
+    rec = result.record
+    phi, jac = _phi_and_jacobian(jnp.asarray(rec.theta), result.model.payload[1], result.model.spec)
+    H = 0.5 * (rec.hessian + rec.hessian.T)
+    cov_theta = 2.0 * np.linalg.pinv(H, rcond=1e-10, hermitian=True)
+    return np.asarray(phi), np.asarray(jac), cov_theta
 
 
 def satterthwaite_df(result, c) -> float:
@@ -99,7 +109,7 @@ def satterthwaite_df(result, c) -> float:
     >>> bool(abs(satterthwaite_df(res, [0, 1, 0]) - res.coef_table.loc["time", "df"]) < 1e-8)
     True
     """
-    phi, jac, cov = satterthwaite_pieces(result)
+    phi, jac, cov = result.satterthwaite
     c = np.asarray(c, dtype=float)
     f = c @ phi @ c
     g = np.einsum("i,ijk,j->k", c, jac, c)
@@ -111,7 +121,7 @@ def satterthwaite_df_multi(result, L) -> float:
     """Satterthwaite denominator df for an F test of the q-row hypothesis ``L beta = 0``."""
     L = np.atleast_2d(np.asarray(L, dtype=float))
     q = L.shape[0]
-    phi, _, _ = satterthwaite_pieces(result)
+    phi, _, _ = result.satterthwaite
     if q == 1:
         return satterthwaite_df(result, L[0])
     w, P = np.linalg.eigh(L @ phi @ L.T)
@@ -146,25 +156,25 @@ def satterthwaite_df_multi(result, L) -> float:
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _kr_pieces(phi, data, spec):
-    m = data.m
+def _kr_pieces(phi, cl, spec):
+    """KR's P, Q, R and expected information over independent clusters ``cl`` [C, n]
+    (:func:`jaxlmm.likelihood.cluster_layout`: subjects, or the clusters that nested or
+    crossed factors link), with the dense ``V_c`` of :func:`jaxlmm.spec.cluster_covariance`."""
+    m = cl.m
     mm = m[:, :, None] * m[:, None, :]
-    eye = jnp.eye(spec.T, dtype=phi.dtype)
+    eye = jnp.eye(m.shape[1], dtype=phi.dtype)
 
     def vmat(ph):
-        G, R = spec.sas_matrices(ph)
-        V = jnp.broadcast_to(R, m.shape + (spec.T,))
-        if spec.q:
-            V = V + jnp.einsum("stk,kl,sul->stu", data.Z, G, data.Z)
-        return mm * V
+        G1, R, G2 = spec.sas_matrices(ph)
+        return cluster_covariance(G1, R, G2, cl) * mm
 
     V = vmat(phi) + eye * (1.0 - m)[:, :, None]
-    dV = jax.jacfwd(vmat)(phi)  # [S, T, T, r]
-    d2V = jax.jacfwd(jax.jacfwd(vmat))(phi)  # [S, T, T, r, s]
+    dV = jax.jacfwd(vmat)(phi)  # [C, n, n, r]
+    d2V = jax.jacfwd(jax.jacfwd(vmat))(phi)  # [C, n, n, r, s]
     L = jnp.linalg.cholesky(V)
     Vinv = jax.scipy.linalg.cho_solve((L, True), jnp.broadcast_to(eye, V.shape)) * mm
-    VX = jnp.einsum("itu,iup->itp", Vinv, data.X)  # V^-1 X (i subjects, t/u/v visits)
-    A = jnp.einsum("itp,itq->pq", data.X, VX)
+    VX = jnp.einsum("itu,iup->itp", Vinv, cl.X)  # V^-1 X (i clusters, t/u/v cells)
+    A = jnp.einsum("itp,itq->pq", cl.X, VX)
     Phi = jnp.linalg.inv(A)
     P = -jnp.einsum("itp,itur,iuq->rpq", VX, dV, VX)
     VrVinv = jnp.einsum("itur,iuv->itvr", dV, Vinv)  # V_r V^-1
@@ -177,21 +187,30 @@ def _kr_pieces(phi, data, spec):
     return Phi, P, Q, R2, IE
 
 
+def clusters(model):
+    """The model's observations grouped into independent clusters (jnp arrays), for the dense
+    computations of Kenward-Roger and sandwich SEs."""
+    cl = cluster_layout(model.arrays, model.spec, max_cells=KR_MAX_CELLS)
+    return type(cl)(*(jnp.asarray(a) if a.dtype.kind == "f" else jnp.asarray(a, jnp.int32) for a in cl))
+
+
 class KenwardRoger:
     """Kenward-Roger pieces of a fit: adjusted covariance and df for hypotheses."""
 
     def __init__(self, result, linear: bool = False, information: str = "expected"):
-        from .model import _to_jax
-
         spec = result.model.spec
-        th = jnp.asarray(result._theta_u)
+        th = jnp.asarray(result.record.theta)
         phi = spec.sas_params(th)
-        Phi, P, Q, R2, IE = (np.asarray(a) for a in _kr_pieces(phi, _to_jax(result.model.arrays), spec))
+        try:
+            cl = clusters(result.model)
+        except LMMError as e:
+            raise LMMError(f"{e} Kenward-Roger is not available for this model; use ddf='satterthwaite'.") from None
+        Phi, P, Q, R2, IE = (np.asarray(a) for a in _kr_pieces(phi, cl, spec))
         if information == "expected":
             W = np.linalg.pinv(0.5 * (IE + IE.T), rcond=1e-12, hermitian=True)
         else:  # observed: 2 H^-1 of -2 log L, carried from theta to phi by the delta method
             J = np.asarray(jax.jacfwd(spec.sas_params)(th))
-            H = np.asarray(result._opt.hess)
+            H = result.record.hessian
             W = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
         inner = np.einsum("rs,rspq->pq", W, Q) - np.einsum("rs,rpa,ab,sbq->pq", W, P, Phi, P)
         if not linear:
@@ -200,10 +219,11 @@ class KenwardRoger:
         self.Phi, self.P, self.W = Phi, P, W
         self.PhiA = Phi + 2 * Lam
         self.PhiA = 0.5 * (self.PhiA + self.PhiA.T)
-        self.beta = np.asarray(result._beta)
+        self.beta = np.asarray(result.record.beta)
 
-    def test(self, L):
-        """(F, num_df, den_df, scale lambda) for ``L beta = 0`` (L: l x p)."""
+    def test(self, L, shift=None):
+        """(F, num_df, den_df, scale lambda) for ``L beta = 0`` (L: l x p); with ``shift`` the
+        test is of ``L (beta - shift) = 0``."""
         L = np.atleast_2d(np.asarray(L, dtype=float)).T  # p x l
         ell = L.shape[1]
         Phi, P, W = self.Phi, self.P, self.W
@@ -221,7 +241,7 @@ class KenwardRoger:
         rho = V / (2 * E * E)
         m = 4 + (ell + 2) / (ell * rho - 1)
         lam = m / (E * (m - 2))
-        Lb = L.T @ self.beta
+        Lb = L.T @ (self.beta if shift is None else self.beta - shift)
         F = float(Lb @ np.linalg.solve(L.T @ self.PhiA @ L, Lb)) / ell
         return lam * F, ell, float(m), float(lam)
 
@@ -230,11 +250,11 @@ class KenwardRoger:
 
 
 def kenward_roger(result, linear: bool = False, information: str = "expected") -> KenwardRoger:
-    """The Kenward-Roger computation for a fit (cached on it): ``.PhiA`` the adjusted
-    covariance of beta, ``.df(c)`` the df of a contrast, ``.test(L)`` the scaled F test; the
-    formulas are in the comment above :func:`_kr_pieces`.  ``linear=True`` drops the second
-    derivatives of V (SAS ``ddfm=kr(linear)``); ``information`` picks the expected or observed
-    information for ``W``.
+    """The Kenward-Roger computation for a fit: ``.PhiA`` the adjusted covariance of beta,
+    ``.df(c)`` the df of a contrast, ``.test(L)`` the scaled F test; the formulas are in the
+    comment above :func:`_kr_pieces`.  ``linear=True`` drops the second derivatives of V (SAS
+    ``ddfm=kr(linear)``); ``information`` picks the expected or observed information for ``W``.
+    A result caches the one of its df method as ``result.kenward_roger``.
 
     Examples
     --------
@@ -244,11 +264,7 @@ def kenward_roger(result, linear: bool = False, information: str = "expected") -
     >>> bool(kenward_roger(res).df([0, 1, 0]) > 0)
     True
     """
-    cache = result.__dict__.setdefault("_cache", {})
-    key = ("kr", linear, information)
-    if key not in cache:
-        cache[key] = KenwardRoger(result, linear=linear, information=information)
-    return cache[key]
+    return KenwardRoger(result, linear=linear, information=information)
 
 
 def wald_test(result, L, rhs=None) -> dict:
@@ -270,25 +286,20 @@ def wald_test(result, L, rhs=None) -> dict:
     from scipy import stats
 
     L = np.atleast_2d(np.asarray(L, dtype=float))
-    p = len(result._beta)
+    p = len(result.record.beta)
     if L.shape[1] != p:
         raise ValueError(f"L must have {p} columns (one per fixed effect: {list(result.fixef.index)}), got {L.shape[1]}")
     q = L.shape[0]
     r = np.zeros(q) if rhs is None else np.atleast_1d(np.asarray(rhs, dtype=float))
-    est = L @ result._beta - r
+    est = L @ result.record.beta - r
     method = result.ddf_method
     if method.startswith("kenward-roger"):
-        kr = result._kr()
+        kr = result.kenward_roger
         Phi = kr.PhiA
-        if rhs is not None and np.any(r != 0):
-            kr_beta = kr.beta
-            kr.beta = kr_beta - np.linalg.lstsq(L, r, rcond=None)[0]
-            F, _, df, lam = kr.test(L)
-            kr.beta = kr_beta
-        else:
-            F, _, df, lam = kr.test(L)
+        shift = np.linalg.lstsq(L, r, rcond=None)[0] if rhs is not None and np.any(r != 0) else None
+        F, _, df, lam = kr.test(L, shift)
     else:
-        Phi = result._vcov
+        Phi = result.record.vcov
         F = float(est @ np.linalg.solve(L @ Phi @ L.T, est)) / q
         lam = 1.0
         if method == "residual":
@@ -313,7 +324,8 @@ def wald_test(result, L, rhs=None) -> dict:
 
 
 def sandwich(result, kind: str = "CR2") -> np.ndarray:
-    """Empirical (sandwich) covariance of beta, clustered by subject.
+    """Empirical (sandwich) covariance of beta, clustered by independent cluster: the subject,
+    or with nested random effects the outermost level (the clusters the random effects link).
 
     ``CR0``:  Phi [sum_i X_i' V_i^-1 r_i r_i' V_i^-1 X_i] Phi  (SAS ``EMPIRICAL``, mmrm "Empirical").
     ``CR2``:  with whitened ``X~_i = U_i X_i``, ``r~_i = U_i r_i`` (``U_i' U_i = V_i^-1``) and
@@ -329,20 +341,27 @@ def sandwich(result, kind: str = "CR2") -> np.ndarray:
     >>> sandwich(res, "CR0").shape
     (3, 3)
     """
-    from .likelihood import marginal_cov
-    from .model import _to_jax
-
     kind = kind.upper()
     if kind not in ("CR0", "CR2"):
         raise ValueError(f"kind must be 'CR0' or 'CR2', not {kind!r}")
-    a = result.model.arrays
-    V = np.asarray(marginal_cov(jnp.asarray(result._theta_u), _to_jax(a), result.model.spec))
+    try:
+        cl = clusters(result.model)
+    except LMMError as e:
+        raise LMMError(f"{e} Sandwich SEs need many small independent clusters.") from None
+    if cl.m.shape[0] < 2:
+        raise LMMError(
+            "The random effects link all observations into one cluster (crossed factors), so there are no "
+            "independent clusters for a sandwich (cluster-robust) covariance; use the model-based vcov."
+        )
+    spec = result.model.spec
+    th = jnp.asarray(result.record.theta)
+    V = np.asarray(cluster_covariance(spec.G(th), spec.R(th), spec.level2_G(th), cl))
     Lc = np.linalg.cholesky(V)
-    X, y, m = np.asarray(a.X), np.asarray(a.y), np.asarray(a.m)
-    r = (y - X @ result._beta) * m
+    X, y, m = np.asarray(cl.X), np.asarray(cl.y), np.asarray(cl.m)
+    r = (y - X @ result.record.beta) * m
     Xt = np.linalg.solve(Lc, X)
     et = np.linalg.solve(Lc, r[..., None])
-    Phi = result._vcov
+    Phi = result.record.vcov
     if kind == "CR2":
         H = np.einsum("itp,pq,iuq->itu", Xt, Phi, Xt)
         T = H.shape[-1]
@@ -383,17 +402,15 @@ def satterthwaite_df_at(f, A_of, theta, c):
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _satterthwaite_batch(theta, y, m, X, Z, L, spec, reml):
-    from .likelihood import ModelData, deviance, gls_pieces
-
+def _satterthwaite_batch(theta, y, m, data, L, spec, reml):
     def one(th, yb, mb):
-        d = ModelData(yb * mb, mb, X * mb[..., None], Z * mb[..., None])
+        d = data.masked(mb)._replace(y=yb * mb)
 
         def f(t):
             return deviance(t, d, spec, reml)
 
         def A_of(t):
-            return gls_pieces(t, d, spec)[0]
+            return gls_pieces(t, d, spec).A
 
         return jax.vmap(lambda c: satterthwaite_df_at(f, A_of, th, c)[0])(L)
 
@@ -408,7 +425,7 @@ def satterthwaite_df_batch(model, theta, Y, L, reml: bool = True) -> np.ndarray:
     model : Model
     theta : array [B, k]
         Unconstrained covariance parameters of each fit (``BatchResult.theta_unconstrained``,
-        or ``res._theta_u`` of a single fit).
+        or ``res.theta_unconstrained`` of a single fit).
     Y : array [B, n_rows]
         The responses that were fitted, aligned with the model's data rows (NaN = missing).
     L : array [m, p] or [p]
@@ -426,7 +443,7 @@ def satterthwaite_df_batch(model, theta, Y, L, reml: bool = True) -> np.ndarray:
     >>> from jaxlmm.inference import satterthwaite_df_batch
     >>> df = lmm.example_trial()
     >>> res = lmm.fit("CHG ~ ARMCD + AVISIT + ar1(AVISIT | USUBJID)", df)
-    >>> dfs = satterthwaite_df_batch(res.model, res._theta_u[None], df["CHG"].to_numpy()[None], np.eye(res.p))
+    >>> dfs = satterthwaite_df_batch(res.model, res.theta_unconstrained[None], df["CHG"].to_numpy()[None], np.eye(res.p))
     >>> bool(np.allclose(dfs[0], res.coef_table["df"], rtol=1e-8))
     True
     """
@@ -435,7 +452,6 @@ def satterthwaite_df_batch(model, theta, Y, L, reml: bool = True) -> np.ndarray:
     y, m = responses_to_padded(model.info, Y)
     theta = np.atleast_2d(np.asarray(theta, dtype=float))
     L = np.atleast_2d(np.asarray(L, dtype=float))
-    a = model.arrays
-    out = _satterthwaite_batch(jnp.asarray(theta), jnp.asarray(y), jnp.asarray(m), jnp.asarray(a.X), jnp.asarray(a.Z),
+    out = _satterthwaite_batch(jnp.asarray(theta), jnp.asarray(y), jnp.asarray(m), model.arrays.to_jax(),
                                jnp.asarray(L), model.spec, jnp.asarray(bool(reml)))
     return np.asarray(out)

@@ -1,23 +1,29 @@
-"""The log-likelihood of a Gaussian linear mixed model as pure JAX functions.
+"""The log-likelihood of a Gaussian linear mixed model as pure JAX functions: one assembly of
+the deviance from the GLS pieces, whatever layout computed them.
 
-For subject i with its rows in the padded arrays (visit position t in column t, mask m_it):
+Every layout returns the pieces ``A = X'V^-1X``, ``b = X'V^-1y``, ``c = y'V^-1y``,
+``log|V|`` and ``N`` (:func:`gls_pieces`); :func:`assemble` turns them into
 
-    V_i = Z_i G Z_i' + R_i,      V*_i = (m m') * V_i + diag(1 - m)
+    -2 log L_ML   = log|V| + (c - b' A^-1 b) + N log(2 pi)
+    -2 log L_REML = -2 log L_ML + log|A| - p log(2 pi),
 
-Masked cells have zero rows in X, Z and y, so they add exactly nothing below.  With the
-Cholesky factor V*_i = L_i L_i' and whitened data X~ = L^-1 X, y~ = L^-1 y:
+the constants of SAS PROC MIXED, mmrm, nlme and lme4 (``deviance`` is comparable directly);
+beta is profiled out, the covariance parameters ``theta`` are unconstrained.
 
-    A = sum_i X~_i' X~_i,   b = sum_i X~_i' y~_i,   c = sum_i y~_i' y~_i,   beta_hat = A^-1 b
-    -2 log L_ML   = sum_i log|V_i| + (c - b' beta_hat) + N log(2 pi)
-    -2 log L_REML = -2 log L_ML + log|A| - p log(2 pi)
+Layouts (payloads):
 
-These are the constants of SAS PROC MIXED, mmrm, nlme and lme4 (``deviance`` is comparable
-directly).  beta is profiled out; the covariance parameters ``theta`` are unconstrained.
+* :class:`~jaxlmm.spec.ModelData`, per subject: ``V*_i = L_i L_i'`` (level 1,
+  :func:`~jaxlmm.spec.marginal_cov`), whitened ``X~ = L^-1 X``, ``y~ = L^-1 y`` summed over
+  subjects, optionally with subject weights ``w_i``; level-2 factors are then integrated out
+  by :mod:`jaxlmm.pls` on the whitened rows;
+* :class:`~jaxlmm.patterns.Patterns`: per-pattern sufficient statistics (level 1 only);
+* :class:`FlatData`: ``sigma^2 I`` residuals and level-2 factors only; the cross-products of
+  the rows are summed once and every evaluation scales them by ``Lambda / sigma``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -25,220 +31,119 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from . import linalg as small
-from .covariance import RandomBlock
+from .errors import LMMError
+from .patterns import Patterns, pattern_pieces
+from .pls import Level2Blocks, aggregate, eliminate, response_blocks
+from .spec import LOG2PI, ModelData, ModelSpec, NaturalSpec, marginal_cov
 
-__all__ = ["ModelData", "ModelSpec", "NaturalSpec", "deviance", "gls_pieces", "LOG2PI"]
-
-LOG2PI = float(np.log(2 * np.pi))
-
-
-class ModelData(NamedTuple):
-    """Padded model arrays (a pytree).  S subjects (padded), T visit positions, p fixed, q random."""
-
-    y: jax.Array  # [S, T]   response, 0 where masked
-    m: jax.Array  # [S, T]   1 observed, 0 missing / padding
-    X: jax.Array  # [S, T, p]
-    Z: jax.Array  # [S, T, q]
+__all__ = ["ModelData", "ModelSpec", "NaturalSpec", "Pieces", "FlatData", "ClusterLayout", "LOG2PI",
+           "gls_pieces", "assemble", "deviance", "beta_vcov", "blups", "flat_payload", "flat_response",
+           "cluster_layout", "marginal_cov"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Static description of the covariance model (hashable: a jit static argument)."""
+class Pieces(NamedTuple):
+    """GLS pieces at one ``theta``: A = X'V^-1X, b = X'V^-1y, c = y'V^-1y, log|V|, N."""
 
-    blocks: tuple[RandomBlock, ...]
-    resid: object  # a covariance structure from jaxlmm.covariance
-    T: int
-
-    @property
-    def q(self):
-        return sum(b.k for b in self.blocks)
-
-    @property
-    def n_theta(self):
-        return sum(b.n_params for b in self.blocks) + self.resid.n_params
-
-    def _slices(self):
-        out, i = [], 0
-        for b in self.blocks:
-            out.append(slice(i, i + b.n_params))
-            i += b.n_params
-        return out, slice(i, i + self.resid.n_params)
-
-    def _block_diag(self, mats):
-        """The q x q block-diagonal matrix with the blocks' k x k matrices on its diagonal."""
-        q = self.q
-        out = jnp.zeros((q, q), dtype=mats[0].dtype) if mats else jnp.zeros((0, 0))
-        i = 0
-        for b, M in zip(self.blocks, mats):
-            out = out.at[i : i + b.k, i : i + b.k].set(M)
-            i += b.k
-        return out
-
-    def G(self, theta):
-        sl, _ = self._slices()
-        return self._block_diag([b.matrix(theta[s]) for b, s in zip(self.blocks, sl)])
-
-    def G_chol(self, theta):
-        """A factor L with L L' = G (block diagonal of the blocks' factors; exact at a boundary)."""
-        sl, _ = self._slices()
-        return self._block_diag([b.chol(theta[s]) for b, s in zip(self.blocks, sl)])
-
-    def R(self, theta):
-        _, s = self._slices()
-        return self.resid.matrix(theta[s])
-
-    def natural(self, theta):
-        sl, sr = self._slices()
-        parts = [b.natural(theta[s]) for b, s in zip(self.blocks, sl)]
-        parts.append(self.resid.natural(theta[sr]))
-        return jnp.concatenate(parts)
-
-    def from_natural(self, values):
-        values = np.asarray(values, dtype=float)
-        sl, sr = self._slices()
-        parts = [b.from_natural(values[s]) for b, s in zip(self.blocks, sl)]
-        parts.append(self.resid.from_natural(values[sr]))
-        return np.concatenate(parts)
-
-    def names(self, visits):
-        out = []
-        for b in self.blocks:
-            out += b.names()
-        return out + self.resid.names(visits)
-
-    # SAS-style (variance-covariance) parameters, linear for UN, CS and random effects: the
-    # parameterisation in which Kenward-Roger is defined (as SAS and pbkrtest)
-    def _sas_slices(self):
-        out, i = [], 0
-        for b in self.blocks:
-            n = b.k * (b.k + 1) // 2 if b.correlated else b.k
-            out.append(slice(i, i + n))
-            i += n
-        n = self.resid.n_params
-        return out, slice(i, i + n)
-
-    def sas_params(self, theta):
-        sl, sr = self._slices()
-        parts = [b.sas_params(theta[s]) for b, s in zip(self.blocks, sl)]
-        return jnp.concatenate(parts + [self.resid.sas_params(theta[sr])])
-
-    def sas_matrices(self, phi):
-        """(G, R) from SAS-style parameters."""
-        sl, sr = self._sas_slices()
-        G = self._block_diag([b.sas_matrix(phi[s]) for b, s in zip(self.blocks, sl)])
-        return G, self.resid.sas_matrix(phi[sr])
-
-    def is_degenerate(self, theta, theta0):
-        """The residual variance collapsed (below 1e-12 of where the fit started): the
-        likelihood is unbounded, e.g. the fixed effects fit the response exactly."""
-        _, sr = self._slices()
-        v = jnp.mean(jnp.diagonal(self.resid.matrix(theta[sr])))
-        v0 = jnp.mean(jnp.diagonal(self.resid.matrix(theta0[sr])))
-        return ~(v > 1e-12 * v0)
-
-    def is_boundary(self, theta):
-        sl, sr = self._slices()
-        flag = self.resid.is_boundary(theta[sr])
-        scale = jnp.sqrt(jnp.mean(jnp.diagonal(self.resid.matrix(theta[sr]))))
-        for b, s in zip(self.blocks, sl):
-            flag = flag | b.is_boundary(theta[s], scale)
-        return flag
+    A: jax.Array
+    b: jax.Array
+    c: jax.Array
+    logdet: jax.Array
+    n: jax.Array
 
 
-@dataclass(frozen=True)
-class NaturalSpec:
-    """The covariance model of ``base`` with its natural parameters (SDs, correlations, in the
-    order of ``base.names``) as the parameter vector.  Accepted wherever a :class:`ModelSpec`
-    is (``deviance(phi, data, NaturalSpec(spec))``); used by likelihood profiles, which fix
-    one natural parameter and optimise the others."""
+class FlatData(NamedTuple):
+    """Payload of a model with ``sigma^2 I`` residuals and level-2 factors only: the summed
+    cross-products of ``[Z2 | X y]`` (:func:`jaxlmm.pls.aggregate` of the raw rows), the
+    index arrays, and the number of observed rows."""
 
-    base: ModelSpec
-
-    @property
-    def T(self):
-        return self.base.T
-
-    @property
-    def q(self):
-        return self.base.q
-
-    # natural parameters come in the same counts and order as the unconstrained ones
-    def G(self, phi):
-        sl, _ = self.base._slices()
-        return self.base._block_diag([b.natural_matrix(phi[s]) for b, s in zip(self.base.blocks, sl)])
-
-    def R(self, phi):
-        _, sr = self.base._slices()
-        return self.base.resid.natural_matrix(phi[sr])
-
-    def bounds(self):
-        """(lower, upper) of every natural parameter."""
-        out = []
-        for b in self.base.blocks:
-            out += b.natural_bounds()
-        return out + self.base.resid.natural_bounds()
+    blocks: Level2Blocks
+    idx: object
+    n: jax.Array
 
 
-def marginal_cov(theta, data: ModelData, spec: ModelSpec):
-    """V*_i for every subject: [S, T, T]."""
-    R = spec.R(theta)
-    V = jnp.broadcast_to(R, data.m.shape + (spec.T,))
-    if spec.q:
-        G = spec.G(theta)
-        V = V + jnp.einsum("stk,kl,sul->stu", data.Z, G, data.Z)
-    mm = data.m[:, :, None] * data.m[:, None, :]
-    eye = jnp.eye(spec.T, dtype=V.dtype)
-    return mm * V + eye * (1.0 - data.m)[:, :, None]
+# ------------------------------------------------------------------------------------------
+# pieces per layout
+# ------------------------------------------------------------------------------------------
 
 
-def _whiten(theta, data: ModelData, spec: ModelSpec):
-    V = marginal_cov(theta, data, spec)
+def _subject_pieces(theta, data: ModelData, spec, weights=None):
+    V = marginal_cov(theta, data.m, data.Z, spec)
     L = jnp.linalg.cholesky(V)
     Xw = solve_triangular(L, data.X, lower=True)
     yw = solve_triangular(L, data.y[..., None], lower=True)[..., 0]
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
-    return L, Xw, yw, logdet
+    logdet_i = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    n_i = jnp.sum(data.m, axis=-1)
+    if spec.plan is not None:
+        if weights is not None:
+            raise LMMError(
+                "Subject weights need independent subjects; with nested or crossed random effects the subjects are "
+                "correlated through the other factors, so weights are not supported for this model."
+            )
+        Z2w = solve_triangular(L, data.Z2, lower=True)
+        Dt = jnp.concatenate([Xw, yw[..., None]], axis=-1)
+        S, logM = eliminate(spec.lambdas(theta), aggregate(Z2w, Dt, data.idx, spec.plan), data.idx, spec.plan)
+        p = data.X.shape[-1]
+        return Pieces(S[:p, :p], S[:p, p], S[p, p], jnp.sum(logdet_i) + logM, jnp.sum(n_i))
+    w = jnp.ones(data.y.shape[:1], data.y.dtype) if weights is None else weights
+    A = jnp.einsum("s,stp,stq->pq", w, Xw, Xw)
+    b = jnp.einsum("s,stp,st->p", w, Xw, yw)
+    c = jnp.einsum("s,st,st->", w, yw, yw)
+    return Pieces(A, b, c, jnp.dot(w, logdet_i), jnp.dot(w, n_i))
 
 
-def gls_pieces(theta, data: ModelData, spec: ModelSpec):
-    """Return (A, b, c, logdet V, L) with A = X'V^-1X, b = X'V^-1y, c = y'V^-1y."""
-    L, Xw, yw, logdet = _whiten(theta, data, spec)
-    A = jnp.einsum("stp,stq->pq", Xw, Xw)
-    b = jnp.einsum("stp,st->p", Xw, yw)
-    c = jnp.sum(yw * yw)
-    return A, b, c, logdet, L
+def _flat_pieces(theta, fd: FlatData, spec):
+    sig2 = spec.R(theta)[0, 0]
+    scale = jnp.sqrt(sig2)
+    S, logM = eliminate([L / scale for L in spec.lambdas(theta)], fd.blocks, fd.idx, spec.plan)
+    p = S.shape[0] - 1
+    return Pieces(S[:p, :p] / sig2, S[:p, p] / sig2, S[p, p] / sig2, fd.n * jnp.log(sig2) + logM, fd.n)
 
 
-def deviance(theta, data: ModelData, spec: ModelSpec, reml: bool = True):
-    """-2 log-likelihood (ML) or -2 restricted log-likelihood (REML) at ``theta``, beta profiled.
+def gls_pieces(theta, payload, spec, weights=None, unroll: bool = False) -> Pieces:
+    """The GLS pieces of ``payload`` (:class:`ModelData`, :class:`~jaxlmm.patterns.Patterns` or
+    :class:`FlatData`) at ``theta``.  ``weights`` [S] multiply each subject's log-likelihood
+    (per-subject layout, level 1 only); ``unroll`` writes the per-pattern T x T factorisations
+    out in plain arithmetic (faster in large vmapped batches)."""
+    if isinstance(payload, Patterns):
+        return Pieces(*pattern_pieces(theta, payload, spec, unroll))
+    if isinstance(payload, FlatData):
+        return _flat_pieces(theta, payload, spec)
+    return _subject_pieces(theta, payload, spec, weights)
 
-    Pure and differentiable in ``theta`` and in every array of ``data``.
-    """
-    A, b, c, logdet, _ = gls_pieces(theta, data, spec)
+
+def assemble(pieces: Pieces, reml) -> jax.Array:
+    """The deviance (``-2 log L``, or ``-2 log L_R`` when ``reml``) from the GLS pieces.
+
+    ``reml`` may be a Python bool or a traced flag (one compiled program serves both)."""
+    A, b, c, logdet, n = pieces
     LA = jnp.linalg.cholesky(A)
     u = solve_triangular(LA, b, lower=True)
-    n = jnp.sum(data.m)
     dev = logdet + c - jnp.dot(u, u) + n * LOG2PI
     p = A.shape[0]
-    # ``reml`` may be a Python bool or a traced flag (one compiled program serves both)
     return dev + jnp.where(reml, 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - p * LOG2PI, 0.0)
 
 
-def beta_vcov(theta, data: ModelData, spec: ModelSpec):
+def deviance(theta, payload, spec, reml=True, weights=None, unroll: bool = False):
+    """-2 log-likelihood (ML) or -2 restricted log-likelihood (REML) at ``theta``, beta profiled.
+
+    Pure and differentiable in ``theta`` and in every array of the payload.
+    """
+    return assemble(gls_pieces(theta, payload, spec, weights, unroll), reml)
+
+
+def beta_vcov(theta, payload, spec, weights=None):
     """GLS estimate beta_hat = A^-1 b and its model-based covariance A^-1."""
-    A, b, _, _, _ = gls_pieces(theta, data, spec)
+    A, b = gls_pieces(theta, payload, spec, weights)[:2]
     LA = jnp.linalg.cholesky(A)
     Ainv = jax.scipy.linalg.cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype))
     return Ainv @ b, Ainv
 
 
-def blups(theta, beta, data: ModelData, spec: ModelSpec):
-    """BLUPs b_i = G Z_i' V_i^-1 (y_i - X_i beta) and Var(b_i | y) = G - G Z_i' V_i^-1 Z_i G
+def blups(theta, beta, data: ModelData, spec):
+    """Level-1 BLUPs b_i = G Z_i' V_i^-1 (y_i - X_i beta) and Var(b_i | y) = G - G Z_i' V_i^-1 Z_i G
     (beta treated as known, as lme4's condVar).  Returns ([S, q], [S, q, q])."""
     G = spec.G(theta)
-    V = marginal_cov(theta, data, spec)
-    L = jnp.linalg.cholesky(V)
+    L = jnp.linalg.cholesky(marginal_cov(theta, data.m, data.Z, spec))
     r = (data.y - jnp.einsum("stp,p->st", data.X, beta)) * data.m
     Vr = jax.scipy.linalg.cho_solve((L, True), r[..., None])[..., 0]
     ZG = jnp.einsum("stk,kl->stl", data.Z, G)
@@ -248,108 +153,109 @@ def blups(theta, beta, data: ModelData, spec: ModelSpec):
     return b, cv
 
 
-# ---------------------------------------------------------------------------------------
-# Sufficient statistics per pattern (used by batched fits sharing one design)
-# ---------------------------------------------------------------------------------------
-#
-# Subjects with the same visit pattern (mask row) and the same random-effects rows Z_i share
-# V_i, so the likelihood depends on the data only through per-pattern sums
-#
-#     XX_k[t,u] = sum_{i in k} x_it x_iu',  Xy_k[t,u] = sum_{i in k} x_it y_iu,
-#     yy_k[t,u] = sum_{i in k} y_it y_iu,   n_k = #subjects in k.
-#
-# With W_k = V*_k^-1:  A = sum_k <W_k, XX_k>,  b = sum_k <W_k, Xy_k>,  c = sum_k <W_k, yy_k>,
-# sum_i log|V_i| = sum_k n_k log|V*_k|.  One evaluation then costs O(K T^2 p^2) instead of
-# O(S T^3), and the X-only sums are shared by every replicate of a batch.
+# ------------------------------------------------------------------------------------------
+# flat rows
+# ------------------------------------------------------------------------------------------
 
 
-class PatternDesign(NamedTuple):
-    """The design part of the per-pattern statistics (shared across replicates)."""
-
-    m: jax.Array  # [K, T] pattern masks
-    Z: jax.Array  # [K, T, q] random-effects rows of the pattern
-    n: jax.Array  # [K] subjects per pattern (0 for padding)
-    XX: jax.Array  # [K, T, T, p, p]
-    Xs: jax.Array  # [S_used, T, p] masked X of the subjects with data, sorted by pattern
+@partial(jax.jit, static_argnames=("plan",))
+def _aggregate_raw(Z2, X, y, idx, plan):
+    return aggregate(Z2, jnp.concatenate([X, y[..., None]], axis=-1), idx, plan)
 
 
-class PatternResponse(NamedTuple):
-    """The response part of the per-pattern statistics (one per replicate)."""
-
-    Xy: jax.Array  # [K, T, T, p]
-    yy: jax.Array  # [K, T, T]
-
-
-@dataclass(frozen=True)
-class PatternLayout:
-    """Static layout: subject order (sorted by pattern) and each pattern's [start, stop)."""
-
-    order: tuple[int, ...]
-    bounds: tuple[tuple[int, int], ...]
-    K_pad: int
+def flat_payload(data: ModelData, spec) -> FlatData:
+    """The :class:`FlatData` of a model whose rows are its super-rows (T = 1), from its arrays."""
+    d = data.to_jax()
+    blocks = _aggregate_raw(d.Z2 * d.m[..., None], d.X * d.m[..., None], d.y * d.m, d.idx, spec.plan)
+    return FlatData(blocks, d.idx, jnp.sum(d.m))
 
 
-def pattern_response(y, m, pd_: PatternDesign, layout: PatternLayout) -> PatternResponse:
-    """Per-pattern response statistics for a response ``y`` [S, T] (cells with m = 0 ignored)."""
-    ys = (y * m)[np.asarray(layout.order)]
-    Xy, yy = [], []
-    for a, b in layout.bounds:
-        Xy.append(jnp.einsum("stp,su->tup", pd_.Xs[a:b], ys[a:b]))
-        yy.append(jnp.einsum("st,su->tu", ys[a:b], ys[a:b]))
-    pad = layout.K_pad - len(layout.bounds)
-    Xy, yy = jnp.stack(Xy), jnp.stack(yy)
-    if pad:
-        Xy = jnp.concatenate([Xy, jnp.zeros((pad,) + Xy.shape[1:], Xy.dtype)])
-        yy = jnp.concatenate([yy, jnp.zeros((pad,) + yy.shape[1:], yy.dtype)])
-    return PatternResponse(Xy, yy)
-
-
-def _pattern_weights(theta, pd_: PatternDesign, spec: ModelSpec, unroll: bool = False):
-    """W_k = V*_k^-1 on the observed cells of each pattern, and log|V*_k|.
-
-    ``unroll=True`` writes the T x T factorisations out in plain arithmetic (faster for big
-    vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
-    R = spec.R(theta)
-    V = jnp.broadcast_to(R, pd_.m.shape + (spec.T,))
-    if spec.q:
-        V = V + jnp.einsum("kta,ab,kub->ktu", pd_.Z, spec.G(theta), pd_.Z)
-    mm = pd_.m[:, :, None] * pd_.m[:, None, :]
-    eye = jnp.eye(spec.T, dtype=V.dtype)
-    V = mm * V + eye * (1.0 - pd_.m)[:, :, None]
-    if unroll:
-        L = small.cholesky(V)
-        Linv = small.solve_lower(L, jnp.broadcast_to(eye, V.shape))
+def flat_response(fd: FlatData, data: ModelData, y, m, spec, shared: bool = True) -> FlatData:
+    """``fd`` with a new response ``y`` [S, 1] and mask ``m``.  ``shared``: the mask is the one
+    ``fd`` was built with, so only the response columns are recomputed."""
+    mm = m[..., None]
+    if shared:
+        blocks = response_blocks(fd.blocks, data.Z2 * mm, data.X * mm, y * m, fd.idx, spec.plan)
     else:
-        L = jnp.linalg.cholesky(V)
-        Linv = solve_triangular(L, jnp.broadcast_to(eye, V.shape), lower=True)
-    W = jnp.einsum("kst,ksu->ktu", Linv, Linv) * mm
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    return W, logdet
+        blocks = aggregate(data.Z2 * mm, jnp.concatenate([data.X * mm, (y * m)[..., None]], axis=-1), fd.idx,
+                           spec.plan)
+    return FlatData(blocks, fd.idx, jnp.sum(m))
 
 
-def pattern_gls(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec, unroll: bool = False):
-    """(A, b, c, sum_i log|V_i|) from per-pattern statistics."""
-    W, logdet = _pattern_weights(theta, pd_, spec, unroll)
-    A = jnp.einsum("ktu,ktupq->pq", W, pd_.XX)
-    b = jnp.einsum("ktu,ktup->p", W, pr.Xy)
-    c = jnp.einsum("ktu,ktu->", W, pr.yy)
-    return A, b, c, jnp.sum(pd_.n * logdet)
+# ------------------------------------------------------------------------------------------
+# independent clusters (dense uses: Kenward-Roger, sandwich SEs, checks)
+# ------------------------------------------------------------------------------------------
 
 
-def deviance_patterns(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec, reml=True, unroll=False):
-    """Same value as :func:`deviance`, computed from per-pattern statistics."""
-    A, b, c, logdet = pattern_gls(theta, pd_, pr, spec, unroll)
-    LA = jnp.linalg.cholesky(A)
-    u = solve_triangular(LA, b, lower=True)
-    n_obs = jnp.sum(pd_.n * jnp.sum(pd_.m, axis=-1))
-    dev = logdet + c - jnp.dot(u, u) + n_obs * LOG2PI
-    p = A.shape[0]
-    return dev + jnp.where(reml, 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - p * LOG2PI, 0.0)
+class ClusterLayout(NamedTuple):
+    """Observed cells grouped into independent clusters, padded to [C, n] (numpy):
+    super-row ``sub``, visit position ``t``, mask ``m``, rows ``X``, ``y``, ``Z``, ``Z2`` and
+    level-2 levels ``lev``; ``cell`` holds each cell's (super-row, visit) position."""
+
+    sub: np.ndarray
+    t: np.ndarray
+    m: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    Z: np.ndarray
+    Z2: np.ndarray
+    lev: np.ndarray
+    cell: np.ndarray
 
 
-def beta_vcov_patterns(theta, pd_: PatternDesign, pr: PatternResponse, spec: ModelSpec):
-    """GLS beta_hat and A^-1 from per-pattern statistics."""
-    A, b, _, _ = pattern_gls(theta, pd_, pr, spec)
-    LA = jnp.linalg.cholesky(A)
-    Ainv = jax.scipy.linalg.cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype))
-    return Ainv @ b, Ainv
+def cluster_of_subjects(data: ModelData, spec) -> np.ndarray:
+    """The independent cluster of each (padded) subject: subjects linked by a shared level of a
+    level-2 factor are in one cluster (connected components); without level 2, each subject is
+    its own cluster."""
+    S = np.asarray(data.m).shape[0]
+    if spec.plan is None:
+        return np.arange(S)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    lev = np.asarray(data.idx.lev)
+    offs = np.cumsum([0] + [f.n_pad for f in spec.plan.factors])
+    rows = np.repeat(np.arange(S), lev.shape[1])
+    cols = S + (lev + offs[:-1][None, :]).reshape(-1)
+    has = np.asarray(data.m).sum(axis=1) > 0
+    keep = np.repeat(has, lev.shape[1])
+    n = S + offs[-1]
+    adj = coo_matrix((np.ones(int(keep.sum())), (rows[keep], cols[keep])), shape=(n, n))
+    _, lab = connected_components(adj, directed=False)
+    return lab[:S]
+
+
+def cluster_layout(data: ModelData, spec, max_cells: int | None = None) -> ClusterLayout:
+    """Group the observed cells of ``data`` into independent clusters (host side).  Raises
+    :class:`LMMError` when a cluster has more than ``max_cells`` cells."""
+    m = np.asarray(data.m)
+    S, T = m.shape
+    clus = cluster_of_subjects(data, spec)
+    s_idx, t_idx = np.nonzero(m > 0)
+    cl = clus[s_idx]
+    uniq, cl = np.unique(cl, return_inverse=True)
+    C = len(uniq)
+    order = np.lexsort((t_idx, s_idx, cl))
+    s_idx, t_idx, cl = s_idx[order], t_idx[order], cl[order]
+    counts = np.bincount(cl, minlength=C)
+    n = int(counts.max())
+    if max_cells is not None and n > max_cells:
+        raise LMMError(
+            f"The largest independent cluster of this model has {n} observations (crossed or nested random effects "
+            f"link them), more than the {max_cells} this computation handles as one dense matrix."
+        )
+    pos = np.arange(len(cl)) - np.repeat(np.cumsum(counts) - counts, counts)
+    X, y, Z = np.asarray(data.X), np.asarray(data.y), np.asarray(data.Z)
+    Z2 = np.zeros((S, T, 0)) if data.Z2 is None else np.asarray(data.Z2)
+    lev = np.zeros((S, 0), np.int32) if data.idx is None else np.asarray(data.idx.lev)
+
+    def put(src, fill=0.0, dtype=float):
+        out = np.full((C, n) + src.shape[1:], fill, dtype=dtype)
+        out[cl, pos] = src
+        return out
+
+    sub = put(s_idx, -1, np.int64)
+    sub[sub < 0] = -1 - np.arange(int((sub < 0).sum()))  # padding cells: a subject of their own
+    return ClusterLayout(sub=sub, t=put(t_idx, 0, np.int64), m=put(np.ones(len(cl))), X=put(X[s_idx, t_idx]),
+                         y=put(y[s_idx, t_idx]), Z=put(Z[s_idx, t_idx]), Z2=put(Z2[s_idx, t_idx]),
+                         lev=put(lev[s_idx], 0, np.int64), cell=put(np.stack([s_idx, t_idx], 1), -1, np.int64))

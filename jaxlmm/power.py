@@ -18,7 +18,7 @@ smaller n are obtained by masking subjects out (a new n never recompiles).  One 
 (BFGS warm-started at a pilot fit of the scenario, see :func:`jaxlmm.optimize.bfgs_warm`) and
 computes the estimate, its SE and the denominator df.  Monotone dropout leaves at most ``T + 1``
 visit patterns (``2^(T-1) + 1`` for intermittent MCAR), so every replicate is reduced to
-per-pattern sufficient statistics (:func:`jaxlmm.likelihood.deviance_patterns`) and an
+per-pattern sufficient statistics (:mod:`jaxlmm.patterns`) and an
 evaluation costs O(patterns x T^2 p^2) instead of O(subjects x T^3).  Models whose
 random-effects rows differ between subjects use the per-subject likelihood instead.
 
@@ -51,15 +51,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, FormulaError, LMMError
-from .likelihood import (
-    ModelData,
-    PatternDesign,
-    PatternResponse,
-    deviance,
-    deviance_patterns,
-    gls_pieces,
-    pattern_gls,
-)
+from .likelihood import deviance, gls_pieces
+from .patterns import PatternDesign, PatternResponse, Patterns
+from .spec import ModelData
 from .inference import satterthwaite_df_at
 from .optimize import BOUNDARY, CONVERGED, STATUS, bfgs_warm, psd_inverse
 
@@ -709,13 +703,13 @@ def _objective(y, m, cs, spec, reml, use_patterns):
         pr = PatternResponse(Xy=Xy, yy=yy)
 
         def f(th):
-            return deviance_patterns(th, pdes, pr, spec, reml, unroll=True)
+            return deviance(th, Patterns(pdes, pr), spec, reml, unroll=True)
 
         def f_exact(th):  # LAPACK factorisations: a smaller program under the Hessian
-            return deviance_patterns(th, pdes, pr, spec, reml, unroll=False)
+            return deviance(th, Patterns(pdes, pr), spec, reml)
 
         def gls(th):
-            A, b, _, _ = pattern_gls(th, pdes, pr, spec, unroll=False)
+            A, b = gls_pieces(th, Patterns(pdes, pr), spec)[:2]
             return A, b
     else:
         d = ModelData(y, m, cs["X"] * m[..., None], cs["Z"] * m[..., None])
@@ -861,7 +855,7 @@ class _Runner:
 
     def starts(self, tab, s_idx, r_idx):
         """Moment-based starting values (host) for the trials (s_idx, r_idx)."""
-        from .model import start_values
+        from .fitting import start_values
 
         y, m = jax.device_get(_simulate_items(self.key, jnp.asarray(s_idx, jnp.int32), jnp.asarray(r_idx, jnp.int32),
                                               tab, self.cs))
@@ -910,7 +904,7 @@ class _Runner:
         return th0, Binv0
 
     def run(self, scens, nsim):
-        from .batch import _progress
+        from .batch import progress_bar
 
         st = self.st
         ns = len(scens)
@@ -920,7 +914,7 @@ class _Runner:
         tab = st.tables(scens)
         s_all = np.repeat(np.arange(ns), nsim)
         r_all = np.tile(np.arange(nsim), ns)
-        bar = _progress(B, self.progress if B > C or self.progress else False)
+        bar = progress_bar(B, self.progress if B > C or self.progress else False)
         res = self.call(C, tab, s_all, r_all, th0[s_all], Binv0[s_all], self.max_iter, bar)
         if bar is not None:
             bar.close()

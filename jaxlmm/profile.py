@@ -36,7 +36,8 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from scipy import stats
 
 from .errors import LMMError
-from .likelihood import LOG2PI, NaturalSpec, PatternDesign, PatternResponse, gls_pieces, pattern_gls
+from .likelihood import LOG2PI, gls_pieces
+from .spec import NaturalSpec
 from .optimize import BOUNDARY, CONVERGED, newton
 
 __all__ = ["profile", "confint_profile"]
@@ -73,18 +74,12 @@ def _to_u(phi, bounds, floor):
 # ------------------------------------------------------------------------------------------
 
 
-def _dev_rows(v, row, payload, nspec, bounds, kind):
+def _dev_rows(v, row, payload, nspec, bounds):
     """Deviance of one profile row (fixed coordinate, fixed-effect constraint, criterion)."""
     fix_mask, cu, e, bval, reml, is_fixed = row
     u = jnp.where(fix_mask, cu, v)
     phi = _to_phi(u, bounds)
-    if kind == "patterns":
-        pdes, pr = payload
-        A, b, c, logdet = pattern_gls(phi, pdes, pr, nspec)
-        n_obs = jnp.sum(pdes.n * jnp.sum(pdes.m, axis=-1))
-    else:
-        A, b, c, logdet, _ = gls_pieces(phi, payload, nspec)
-        n_obs = jnp.sum(payload.m)
+    A, b, c, logdet, n_obs = gls_pieces(phi, payload, nspec)
     p = A.shape[0]
     LA = jnp.linalg.cholesky(A)
     beta = cho_solve((LA, True), b)
@@ -95,30 +90,28 @@ def _dev_rows(v, row, payload, nspec, bounds, kind):
     return dev + jnp.where(is_fixed, (bval - jnp.dot(e, beta)) ** 2 / ajj, 0.0)
 
 
-@partial(jax.jit, static_argnames=("nspec", "bounds", "kind", "max_iter"))
-def _solve_rows(v0, rows, payload, nspec, bounds, kind, max_iter=100):
+@partial(jax.jit, static_argnames=("nspec", "bounds", "max_iter"))
+def _solve_rows(v0, rows, payload, nspec, bounds, max_iter=100):
     def one(v, row):
-        f = lambda x: _dev_rows(x, row, payload, nspec, bounds, kind)  # noqa: E731
+        f = lambda x: _dev_rows(x, row, payload, nspec, bounds)  # noqa: E731
         r = newton(f, v, max_iter=max_iter, tol=1e-12)
         return r.x, r.fun, r.status
 
     return jax.vmap(one)(v0, rows)
 
 
-@partial(jax.jit, static_argnames=("nspec", "bounds", "kind", "p"))
-def _hess_u(u, reml, payload, nspec, bounds, kind, p):
+@partial(jax.jit, static_argnames=("nspec", "bounds", "p"))
+def _hess_u(u, reml, payload, nspec, bounds, p):
     """Hessian of the (unconstrained) deviance on the profiling scale."""
     n = u.shape[0]
     row = (jnp.zeros(n, bool), jnp.asarray(0.0), jnp.zeros(p), jnp.asarray(0.0), reml, jnp.asarray(False))
-    return jax.hessian(lambda x: _dev_rows(x, row, payload, nspec, bounds, kind))(u)
+    return jax.hessian(lambda x: _dev_rows(x, row, payload, nspec, bounds))(u)
 
 
 class _Problem:
     """Host-side driver shared by :func:`profile` and :func:`confint_profile`."""
 
     def __init__(self, result, criterion=None):
-        from .model import _to_jax
-
         if criterion not in (None, "reml", "ml"):
             raise LMMError(f"criterion must be None (the fit's), 'reml' or 'ml', got {criterion!r}.")
         if criterion == "reml" and not result.reml:
@@ -135,23 +128,9 @@ class _Problem:
         ml = result if not result.reml else model.fit(reml=False, warn=False)
         self.fit_cov = ml if (criterion == "ml" or not result.reml) else result
         self.fit_fix = ml
-        self.kind, self.payload = self._payload(model, _to_jax)
+        self.payload = model.payload[1]
         self._se_cov = None
         self._start = {}
-
-    @staticmethod
-    def _payload(model, to_jax):
-        from .batch import pattern_design, pattern_response_np
-
-        arrays = model.arrays
-        m = np.asarray(arrays.m)
-        S_real = int((m.sum(axis=1) > 0).sum())
-        pdes, layout, K = pattern_design(arrays, m)
-        if K <= max(S_real // 2, 8) and pdes.XX.size <= 2e7:
-            pr = pattern_response_np(arrays.y, m, pdes, layout)
-            pd_j = PatternDesign(*(jnp.asarray(a, jnp.float64) for a in pdes[:-1]), None)
-            return "patterns", (pd_j, PatternResponse(*(jnp.asarray(a, jnp.float64) for a in pr)))
-        return "subjects", to_jax(arrays)
 
     def start_u(self, fit):
         key = id(fit)
@@ -167,7 +146,7 @@ class _Problem:
 
     def wald_se_u(self, fit, u):
         H = np.asarray(_hess_u(jnp.asarray(u), jnp.asarray(bool(fit.reml)), self.payload, self.nspec, self.bounds,
-                               self.kind, self.p))
+                               self.p))
         H = 0.5 * (H + H.T)
         cov = 2.0 * np.linalg.pinv(H, rcond=1e-10, hermitian=True)
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -202,7 +181,7 @@ class _Problem:
             return u[j], self._se_cov[j], u, fit.deviance, bool(fit.reml)
         fit = self.fit_fix
         u = self.start_u(fit)
-        return float(fit._beta[j]), float(np.sqrt(fit._vcov[j, j])), u, fit.deviance, False
+        return float(fit.record.beta[j]), float(np.sqrt(fit.record.vcov[j, j])), u, fit.deviance, False
 
     def solve(self, tgts, values, starts, pad_to=None):
         """Profile deviances at ``values`` (on the profiling scale) for each target row.  Rows
@@ -231,7 +210,7 @@ class _Problem:
         v0 = np.array(starts, dtype=float)
         v0[fix_mask] = cu[fix_mask.any(axis=1)]
         rows = tuple(jnp.asarray(a) for a in (fix_mask, cu, e, bval, reml, is_fixed))
-        x, f, st = _solve_rows(jnp.asarray(v0), rows, self.payload, self.nspec, self.bounds, self.kind)
+        x, f, st = _solve_rows(jnp.asarray(v0), rows, self.payload, self.nspec, self.bounds)
         return np.asarray(x)[:n_real], np.asarray(f)[:n_real], np.asarray(st)[:n_real]
 
     def to_natural(self, tgt, val):

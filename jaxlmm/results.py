@@ -1,25 +1,26 @@
-"""Host-side results: tables, summaries, BLUPs, residuals and predictions."""
+"""Host-side results: tables, summaries, BLUPs, residuals and predictions.
+
+An :class:`LMMResult` holds the model and its fit's public, immutable
+:class:`~jaxlmm.fitting.FitRecord`; it is never modified after construction (``with_ddf``
+returns a new result) and caches its derived quantities on itself only.
+"""
 
 from __future__ import annotations
 
-from functools import cached_property, partial
+from functools import cached_property
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .design import new_design_rows
-from .likelihood import blups
+from .design import check_columns, levels_of, new_design_rows
+from .errors import LMMError
 from .optimize import BOUNDARY, CONVERGED, STATUS
 
 __all__ = ["LMMResult"]
 
-
-@partial(jax.jit, static_argnames=("spec",))
-def _blups_compiled(theta, beta, data, spec):
-    return blups(theta, beta, data, spec)
+DDF_METHODS = ("satterthwaite", "kenward-roger", "kenward-roger-linear", "residual", "between-within")
 
 
 class LMMResult:
@@ -33,25 +34,54 @@ class LMMResult:
     Note that lme4 and nlme count fixed effects under REML too and use ``log(N)`` in BIC.
     """
 
-    def __init__(self, model, reml: bool, opt, beta, vcov):
+    def __init__(self, model, record, ddf_method: str = "satterthwaite", kr_information: str = "auto"):
+        method = str(ddf_method).lower().replace("_", "-")
+        if method not in DDF_METHODS:
+            raise ValueError(f"ddf must be one of {DDF_METHODS}, not {ddf_method!r}")
+        if kr_information not in ("auto", "expected", "observed"):
+            raise ValueError(f"kr_information must be 'auto', 'expected' or 'observed', not {kr_information!r}")
         self.model = model
-        self.reml = reml
-        self._opt = opt
-        self._theta_u = np.asarray(opt.x)
-        self.deviance = float(opt.fun)
-        self.status = int(opt.status)
-        self.status_message = STATUS[self.status]
-        self.n_iter = int(opt.n_iter)
-        self._beta = beta
-        self._vcov = vcov
-        info = model.info
-        self.info = info
-        self.n_obs = info.n_obs
-        self.n_groups = info.n_groups
-        self.p = len(info.fixed_names)
-        self.n_theta = model.spec.n_theta
-        self.ddf_method = "satterthwaite"
-        self.kr_information = "auto"
+        self.record = record
+        self.info = model.info
+        self.ddf_method = method
+        self.kr_information = kr_information
+
+    # ---- the fit record ---------------------------------------------------------------
+    @property
+    def reml(self) -> bool:
+        return self.record.reml
+
+    @property
+    def deviance(self) -> float:
+        return self.record.deviance
+
+    @property
+    def status(self) -> int:
+        return self.record.status
+
+    @property
+    def status_message(self) -> str:
+        return STATUS[self.record.status]
+
+    @property
+    def n_iter(self) -> int:
+        return self.record.n_iter
+
+    @property
+    def n_obs(self) -> int:
+        return self.info.n_obs
+
+    @property
+    def n_groups(self):
+        return self.info.n_groups
+
+    @property
+    def p(self) -> int:
+        return len(self.info.fixed_names)
+
+    @property
+    def n_theta(self) -> int:
+        return self.model.spec.n_theta
 
     # ---- fit statistics -------------------------------------------------------------
     @property
@@ -76,7 +106,7 @@ class LMMResult:
 
     @property
     def bic(self) -> float:
-        n = self.info.n_subjects_input if self.info.subject is not None else self.n_obs
+        n = self.info.n_subjects_input if self.info.subject is not None and self.model.spec.plan is None else self.n_obs
         return self.deviance + self.n_params * np.log(n)
 
     @property
@@ -88,7 +118,7 @@ class LMMResult:
     # ---- fixed effects --------------------------------------------------------------
     @property
     def fixef(self) -> pd.Series:
-        return pd.Series(self._beta, index=self.info.fixed_names, name="estimate")
+        return pd.Series(self.record.beta, index=self.info.fixed_names, name="estimate")
 
     @property
     def vcov(self) -> pd.DataFrame:
@@ -108,13 +138,23 @@ class LMMResult:
 
             return between_within(self)[0]
         if self.ddf_method.startswith("kenward-roger"):
-            kr = self._kr()
+            kr = self.kenward_roger
             return np.array([kr.df(row) for row in np.eye(self.p)])
         from .inference import satterthwaite_df
 
         return np.array([satterthwaite_df(self, row) for row in np.eye(self.p)])
 
-    def _kr(self):
+    @cached_property
+    def satterthwaite(self):
+        """(Phi, dPhi/dtheta [p, p, k], Cov(theta_hat)) at the estimate, for Satterthwaite df
+        (:func:`jaxlmm.inference.satterthwaite_pieces`)."""
+        from .inference import satterthwaite_pieces
+
+        return satterthwaite_pieces(self)
+
+    @cached_property
+    def kenward_roger(self):
+        """The Kenward-Roger computation of this fit's df method (:func:`jaxlmm.inference.kenward_roger`)."""
         from .inference import kenward_roger
 
         info = self.kr_information
@@ -125,8 +165,8 @@ class LMMResult:
     def _vcov_used(self):
         """The covariance of beta behind the table: KR-adjusted under Kenward-Roger."""
         if self.ddf_method.startswith("kenward-roger"):
-            return self._kr().PhiA
-        return self._vcov
+            return self.kenward_roger.PhiA
+        return self.record.vcov
 
     def with_ddf(self, method: str, kr_information: str = "auto") -> "LMMResult":
         """The same fit with another denominator-df method (no refit): ``"satterthwaite"``
@@ -150,19 +190,7 @@ class LMMResult:
         >>> bool(kr.coef_table.loc["time", "std_error"] >= res.coef_table.loc["time", "std_error"])
         True
         """
-        import copy
-
-        from .inference import DDF_METHODS
-
-        method = str(method).lower().replace("_", "-")
-        if method not in DDF_METHODS:
-            raise ValueError(f"ddf must be one of {DDF_METHODS}, not {method!r}")
-        if kr_information not in ("auto", "expected", "observed"):
-            raise ValueError(f"kr_information must be 'auto', 'expected' or 'observed', not {kr_information!r}")
-        out = copy.copy(self)
-        out.ddf_method = method
-        out.kr_information = kr_information
-        return out
+        return LMMResult(self.model, self.record, ddf_method=method, kr_information=kr_information)
 
     @property
     def coef_table(self) -> pd.DataFrame:
@@ -181,7 +209,7 @@ class LMMResult:
         >>> list(res.coef_table.columns)
         ['estimate', 'std_error', 'df', 't_value', 'p_value', 'ci_lower', 'ci_upper']
         """
-        est = self._beta
+        est = self.record.beta
         se = np.sqrt(np.diag(self._vcov_used()))
         df = self._df()
         t = est / se
@@ -300,8 +328,7 @@ class LMMResult:
 
         import formulaic
 
-        from .design import _levels, new_design_rows
-        from .errors import LMMError
+        from .design import new_design_rows
         from .inference import wald_test
 
         specs = [specs] if isinstance(specs, str) else list(specs)
@@ -321,7 +348,7 @@ class LMMResult:
                                f"this model: {cats}). To treat it as a factor, write C({v}) in the formula.")
             if v not in cats:
                 raise LMMError(f"{v!r} is not a factor of the fixed part; factors are {cats}")
-        levels = {v: _levels(data[v]) for v in cats}
+        levels = {v: levels_of(data[v]) for v in cats}
         grid = pd.DataFrame(list(itertools.product(*[levels[v] for v in cats])), columns=cats)
         for v, mval in nums.items():
             grid[v] = mval
@@ -400,7 +427,7 @@ class LMMResult:
     @property
     def theta(self) -> pd.Series:
         spec = self.model.spec
-        vals = np.asarray(spec.natural(jnp.asarray(self._theta_u)))
+        vals = np.asarray(spec.natural(jnp.asarray(self.record.theta)))
         return pd.Series(vals, index=spec.names(self.info.visit_labels), name="estimate")
 
     @property
@@ -428,9 +455,9 @@ class LMMResult:
         import jax
 
         spec = self.model.spec
-        th = jnp.asarray(self._theta_u)
+        th = jnp.asarray(self.record.theta)
         J = np.asarray(jax.jacfwd(spec.natural)(th))
-        H = np.asarray(self._opt.hess)
+        H = self.record.hessian
         cov = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
         est = self.theta
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -493,7 +520,6 @@ class LMMResult:
         >>> bool(ci.loc["rho", "lower"] < res.theta["rho"] < ci.loc["rho", "upper"])
         True
         """
-        from .errors import LMMError
 
         if not 0 < level < 1:
             raise LMMError(f"level must be in (0, 1), got {level!r}.")
@@ -525,11 +551,11 @@ class LMMResult:
 
     @property
     def theta_unconstrained(self) -> np.ndarray:
-        return self._theta_u.copy()
+        return self.record.theta.copy()
 
     @property
     def residual_covariance(self) -> pd.DataFrame:
-        R = np.asarray(self.model.spec.R(jnp.asarray(self._theta_u)))
+        R = np.asarray(self.model.spec.R(jnp.asarray(self.record.theta)))
         lab = self.info.visit_labels if self.info.visit is not None else [f"pos{i + 1}" for i in range(self.info.T)]
         return pd.DataFrame(R, index=lab, columns=lab)
 
@@ -540,43 +566,88 @@ class LMMResult:
         return R / np.outer(sd, sd)
 
     @property
+    def grouping_factors(self) -> list:
+        """Names of the grouping factors of the random effects, in formula order."""
+        return list(dict.fromkeys(b.group for b in self.model.spec.blocks))
+
+    def _factor_blocks(self, g):
+        return [j for j, b in enumerate(self.model.spec.blocks) if b.group == g]
+
+    @property
     def random_covariance(self) -> dict:
+        """Covariance matrix of the random effects of each grouping factor: {factor: DataFrame}
+        (the blocks of one factor together; uncorrelated blocks give zero covariances)."""
         spec = self.model.spec
-        if not spec.q:
-            return {}
-        G = np.asarray(spec.G(jnp.asarray(self._theta_u)))
-        cols = [c for b in spec.blocks for c in b.columns]
-        return {self.info.subject: pd.DataFrame(G, index=cols, columns=cols)}
+        th = jnp.asarray(self.record.theta)
+        sl, _ = spec.param_slices()
+        out = {}
+        for g in self.grouping_factors:
+            js = self._factor_blocks(g)
+            cols = [c for j in js for c in spec.blocks[j].columns]
+            G = np.zeros((len(cols), len(cols)))
+            o = 0
+            for j in js:
+                k = spec.blocks[j].k
+                G[o : o + k, o : o + k] = np.asarray(spec.blocks[j].matrix(th[sl[j]]))
+                o += k
+            out[g] = pd.DataFrame(G, index=cols, columns=cols)
+        return out
 
     # ---- random effects -------------------------------------------------------------
     @cached_property
-    def _blups(self):
-        from .model import _to_jax
+    def random_effects(self):
+        """Modes and conditional covariances of all random effects (:func:`jaxlmm.ranef.random_effects`)."""
+        from .ranef import random_effects
 
+        return random_effects(self.record.theta, self.record.beta, self.model.arrays, self.model.spec)
+
+    def _factor_columns(self, g):
         spec = self.model.spec
-        b, cv = _blups_compiled(jnp.asarray(self._theta_u), jnp.asarray(self._beta), _to_jax(self.model.arrays), spec)
+        return [c for j in self._factor_blocks(g) for c in spec.blocks[j].columns]
+
+    def _ranef_arrays(self, g):
+        """(modes [n_levels, k], conditional covariances [n_levels, k, k], level labels) of factor g."""
+        spec, re = self.model.spec, self.random_effects
+        if spec.plan is not None:
+            for i, f in enumerate(spec.plan.factors):
+                if f.name == g:
+                    return re.b2[i], re.cv2[i], list(self.info.factors[g].labels)
         S = self.info.S
-        return np.asarray(b)[:S], np.asarray(cv)[:S]
+        fac = self.info.factors.get(g)
+        if fac is None or fac.columns == (self.info.subject,):
+            labels = list(self.info.subjects)
+        else:  # a factor with the subject's partition written otherwise (e.g. subject:site)
+            labels = [None] * S
+            for s_, c in zip(self.info.row_s, fac.codes):
+                labels[s_] = fac.labels[c]
+        return re.b1[:S], re.cv1[:S], labels
+
+    def _ranef_frames(self, conditional_sd: bool):
+        out = {}
+        for g in self.grouping_factors:
+            b, cv, labels = self._ranef_arrays(g)
+            vals = np.sqrt(np.clip(np.diagonal(cv, axis1=1, axis2=2), 0, None)) if conditional_sd else b
+            out[g] = pd.DataFrame(vals, index=pd.Index(labels, name=g), columns=self._factor_columns(g))
+        return out
 
     @property
-    def ranef(self) -> pd.DataFrame:
-        """BLUPs of the random effects, one row per subject (conditional SDs in ``ranef_sd``)."""
-        spec = self.model.spec
-        cols = [c for b in spec.blocks for c in b.columns]
-        if not cols:
+    def ranef(self):
+        """BLUPs (conditional modes) of the random effects, one row per level (conditional SDs in
+        ``ranef_sd``).  With one grouping factor: a DataFrame; with several (nested or crossed):
+        a dict ``{factor: DataFrame}``, like lme4's ``ranef()``."""
+        if not self.model.spec.blocks:
             return pd.DataFrame(index=pd.Index(self.info.subjects, name=self.info.subject))
-        b, _ = self._blups
-        return pd.DataFrame(b, index=pd.Index(self.info.subjects, name=self.info.subject), columns=cols)
+        out = self._ranef_frames(False)
+        return out if len(out) > 1 else next(iter(out.values()))
 
     @property
-    def ranef_sd(self) -> pd.DataFrame:
-        """Conditional SDs of the BLUPs, sqrt(diag(G - G Z' V^-1 Z G)) (beta known, as lme4)."""
-        r = self.ranef
-        if r.shape[1] == 0:
-            return r
-        _, cv = self._blups
-        sd = np.sqrt(np.clip(np.diagonal(cv, axis1=1, axis2=2), 0, None))
-        return pd.DataFrame(sd, index=r.index, columns=r.columns)
+    def ranef_sd(self):
+        """Conditional SDs of the BLUPs, sqrt(diag(Var(b | y))) with beta treated as known (as lme4's
+        ``condVar``); the same shape as :attr:`ranef`."""
+        if not self.model.spec.blocks:
+            return self.ranef
+        out = self._ranef_frames(True)
+        return out if len(out) > 1 else next(iter(out.values()))
 
     # ---- fitted values, residuals, prediction ----------------------------------------
     def _rows(self):
@@ -584,14 +655,29 @@ class LMMResult:
         s, t = self.info.row_s, self.info.row_t
         return a, s, t
 
+    def _random_part(self):
+        """Z b of every used row (level 1 and level 2)."""
+        a, s, t = self._rows()
+        spec, re = self.model.spec, self.random_effects
+        out = np.zeros(len(s))
+        if spec.q:
+            out += np.einsum("nk,nk->n", np.asarray(a.Z)[s, t], re.b1[s])
+        if spec.plan is not None:
+            lev = np.asarray(a.idx.lev)
+            Z2 = np.asarray(a.Z2)
+            for fi, f in enumerate(spec.plan.factors):
+                zo = spec.plan.z_offsets[fi]
+                out += np.einsum("nk,nk->n", Z2[s, t, zo : zo + f.k], re.b2[fi][lev[s, fi]])
+        return out
+
     def fitted(self, conditional: bool = True) -> pd.Series:
         """Fitted values for the rows used in the fit (index = row position in the input data).
-        ``conditional=True`` adds the BLUPs (``X beta + Z b``); otherwise ``X beta``."""
+        ``conditional=True`` adds the BLUPs of every grouping factor (``X beta + Z b``);
+        otherwise ``X beta``."""
         a, s, t = self._rows()
-        f = a.X[s, t] @ self._beta
-        if conditional and self.model.spec.q:
-            b, _ = self._blups
-            f = f + np.einsum("nk,nk->n", a.Z[s, t], b[s])
+        f = np.asarray(a.X)[s, t] @ self.record.beta
+        if conditional and self.model.spec.blocks:
+            f = f + self._random_part()
         return pd.Series(f, index=self.info.row_index, name="fitted")
 
     def residuals(self, kind: str = "response") -> pd.Series:
@@ -603,7 +689,7 @@ class LMMResult:
         (uncorrelated, unit variance under the model; nlme's ``type = "normalized"``).
         """
         a, s, t = self._rows()
-        r = a.y[s, t] - self.fitted(conditional=True).to_numpy()
+        r = np.asarray(a.y)[s, t] - self.fitted(conditional=True).to_numpy()
         if kind == "response":
             out = r
         elif kind == "pearson":
@@ -614,7 +700,7 @@ class LMMResult:
             T = self.info.T
             rr = np.zeros((self.info.S_pad, T))
             rr[s, t] = r
-            m = a.m
+            m = np.asarray(a.m)
             Rs = (m[:, :, None] * m[:, None, :]) * R[None] + np.eye(T)[None] * (1 - m)[:, :, None]
             L = np.linalg.cholesky(Rs)
             z = np.linalg.solve(L, rr[..., None])[..., 0]
@@ -624,28 +710,38 @@ class LMMResult:
         return pd.Series(out, index=self.info.row_index, name=f"{kind}_residual")
 
     def predict(self, newdata: pd.DataFrame | None = None, conditional: bool = True) -> np.ndarray:
-        """Predictions ``X beta`` (+ ``Z b`` for known subjects when ``conditional``).
-        Subjects not in the fit get the population prediction."""
+        """Predictions ``X beta`` (+ ``Z b`` of every grouping factor when ``conditional``).
+        A level that was not in the fit (a new subject, school, item) gets the population
+        prediction for that factor only: its random effects count as 0, those of the other
+        factors still apply; a row whose grouping columns are missing counts as a new level."""
         if newdata is None:
             return self.fitted(conditional=conditional).to_numpy()
-        from .design import _check_columns
-
-        pf = self.info.formula
-        need = set()
         import formulaic
 
-        need |= {str(v) for v in formulaic.Formula(pf.fixed).required_variables}
-        for r in pf.random:
+        pf = self.info.formula
+        need = {str(v) for v in formulaic.Formula(pf.fixed).required_variables}
+        for r in self.info.random_terms:
             need |= {str(v) for v in formulaic.Formula(r.expr).required_variables}
-        _check_columns(sorted(need), newdata, "needed for prediction")
+        check_columns(sorted(need), newdata, "needed for prediction")
         Xn, Zn = new_design_rows(self.info, newdata)
-        pred = Xn @ self._beta
-        if conditional and self.model.spec.q and self.info.subject in newdata.columns:
-            b = self.ranef
-            idx = {k: i for i, k in enumerate(b.index)}
-            pos = np.array([idx.get(g, -1) for g in newdata[self.info.subject]])
-            bb = np.where(pos[:, None] >= 0, b.to_numpy()[np.maximum(pos, 0)], 0.0)
-            pred = pred + np.einsum("nk,nk->n", Zn, bb)
+        pred = Xn @ self.record.beta
+        if not (conditional and self.model.spec.blocks):
+            return pred
+        spec = self.model.spec
+        offs = np.cumsum([0] + [b.k for b in spec.blocks])
+        for g in self.grouping_factors:
+            fac = self.info.factors.get(g)
+            cols = fac.columns if fac is not None else (g,)
+            if not all(c in newdata.columns for c in cols):
+                continue
+            b, _, labels = self._ranef_arrays(g)
+            values = fac.values if fac is not None else tuple(self.info.subjects)
+            lookup = {v: i for i, v in enumerate(values)}
+            keys = list(zip(*(newdata[c].tolist() for c in cols))) if len(cols) > 1 else newdata[cols[0]].tolist()
+            pos = np.array([lookup.get(k, -1) for k in keys])
+            bb = np.where(pos[:, None] >= 0, b[np.maximum(pos, 0)], 0.0)
+            zc = np.concatenate([np.arange(offs[j], offs[j + 1]) for j in self._factor_blocks(g)])
+            pred = pred + np.einsum("nk,nk->n", Zn[:, zc], bb)
         return pred
 
     # ---- simulation, refits, bootstrap ------------------------------------------------
@@ -657,8 +753,8 @@ class LMMResult:
         from .simulate import padded_to_rows, simulate_padded
 
         a = self.model.arrays
-        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(self._theta_u), jnp.asarray(self._beta),
-                            jnp.asarray(a.X), jnp.asarray(a.Z), jnp.asarray(a.m), self.model.spec)
+        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(self.record.theta),
+                            jnp.asarray(self.record.beta), a.to_jax(), jnp.asarray(a.m), self.model.spec)
         return padded_to_rows(self.info, y, np.asarray(a.m))
 
     def refit(self, y) -> "LMMResult":
@@ -668,9 +764,7 @@ class LMMResult:
         if len(y) != len(df):
             raise ValueError(f"y must have {len(df)} values (one per data row), got {len(y)}")
         df[self.info.formula.response] = y
-        from .model import Model
-
-        return Model(self.model.formula, df).fit(reml=self.reml)
+        return type(self.model)(self.model.formula, df).fit(reml=self.reml)
 
     def bootstrap(self, n: int = 1000, seed: int = 0, **kwargs):
         """Parametric bootstrap: ``n`` datasets simulated from this fit, each refitted in
@@ -707,7 +801,11 @@ class LMMResult:
             )
         else:
             lines.append("Residual covariance: sigma^2 I")
-        n_sub = f", subjects: {info.S}" if info.subject is not None else ""
+        groups = self.group_counts()
+        if len(groups) > 1 or (groups and info.subject is None):
+            n_sub = "; groups: " + ", ".join(f"{g}, {n}" for g, n in groups.items())
+        else:
+            n_sub = f", subjects: {info.S}" if info.subject is not None else ""
         lines.append(f"Observations used: {self.n_obs}{n_sub}")
         if info.n_dropped:
             det = ", ".join(f"{c}: {n}" for c, n in info.dropped_by_column.items())
@@ -724,6 +822,8 @@ class LMMResult:
         lines.append(f"  {'BIC':<24}{self.bic:14.4f}")
         lines.append(f"  {'logLik':<24}{self.loglik:14.4f}   (parameters counted: {self.n_params})")
         lines.append("")
+        if self.model.spec.blocks:
+            lines += self._random_effects_lines()
         lines.append("Covariance parameters")
         th = self.theta
         w = max(len(n) for n in th.index) + 2
@@ -748,6 +848,36 @@ class LMMResult:
                 f"  {nm:<{w}}{row.estimate:12.5g}{row.std_error:12.5g}{row.df:9.2f}{row.t_value:9.3f}{ps:>11}"
             )
         return "\n".join(lines)
+
+    def group_counts(self) -> dict:
+        """Number of levels of each grouping factor (in the rows used)."""
+        out = {}
+        for g in self.grouping_factors:
+            fac = self.info.factors.get(g)
+            out[g] = fac.n_levels if fac is not None else self.info.S
+        return out
+
+    def _random_effects_lines(self):
+        """lme4-style table: group, name, variance, SD, correlations."""
+        lines = ["Random effects"]
+        rows = []
+        for g, G in self.random_covariance.items():
+            Gv = G.to_numpy()
+            sd = np.sqrt(np.clip(np.diag(Gv), 0, None))
+            for i, c in enumerate(G.index):
+                corr = [Gv[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0 for j in range(i)]
+                rows.append((g if i == 0 else "", c, Gv[i, i], sd[i], corr))
+        R = self.residual_covariance.to_numpy()
+        if self.info.visit is None:
+            rows.append(("Residual", "", R[0, 0], np.sqrt(R[0, 0]), []))
+        wg = max(8, max(len(r[0]) for r in rows)) + 2
+        wn = max(6, max(len(r[1]) for r in rows)) + 2
+        lines.append(f"  {'Groups':<{wg}}{'Name':<{wn}}{'Variance':>12}{'Std.Dev.':>12}  Corr")
+        for g, c, v, sd_, corr in rows:
+            cs = " ".join(f"{x:6.3f}" for x in corr)
+            lines.append(f"  {g:<{wg}}{c:<{wn}}{v:12.5g}{sd_:12.5g}  {cs}".rstrip())
+        lines.append("")
+        return lines
 
     def __repr__(self):
         m = "REML" if self.reml else "ML"

@@ -1,5 +1,7 @@
-"""Simulate responses from a model: ``y_i = X_i beta + Z_i b_i + e_i``.
+"""Simulate responses from a model: ``y = X beta + Z1 b1 + Z2 b2 + e``.
 
+Level 1 (per subject i): ``b1_i ~ N(0, G)``, ``e_i ~ N(0, R)``.  Level 2 (per factor f and
+level l of the plan): ``b2_fl = Lambda_f u``, ``u ~ N(0, I)``, added to every cell in level l.
 Replicate ``r`` draws from ``jax.random.fold_in(PRNGKey(seed), r)`` (counter-based keys), so
 it is the same whatever the batch size, the chunking or the number of devices.
 """
@@ -18,21 +20,35 @@ __all__ = ["simulate_padded", "padded_to_rows", "params_to_unconstrained"]
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def simulate_padded(seed, idx, theta, beta, X, Z, m, spec):
-    """Padded responses [len(idx), S, T] (0 where ``m`` is 0) for replicate indices ``idx``."""
+def simulate_padded(seed, idx, theta, beta, data, m, spec):
+    """Padded responses [len(idx), S, T] (0 where ``m`` is 0) for replicate indices ``idx``;
+    ``data`` is the model's :class:`~jaxlmm.spec.ModelData` (its X, Z, Z2 and level indices)."""
     key = jax.random.PRNGKey(seed)
+    X, Z = data.X, data.Z
     LR = jnp.linalg.cholesky(spec.R(theta))
     mu = jnp.einsum("stp,p->st", X, beta)
     S, T = m.shape
     LG = spec.G_chol(theta) if spec.q else None
+    plan = spec.plan
+    lams = spec.lambdas(theta)
 
     def one(i):
         k = jax.random.fold_in(key, i)
-        ke, kb = jax.random.split(k)
+        if plan is None:
+            ke, kb = jax.random.split(k)
+        else:
+            ke, kb, k2 = jax.random.split(k, 3)
         y = mu + jax.random.normal(ke, (S, T), dtype=X.dtype) @ LR.T
         if spec.q:
             b = jax.random.normal(kb, (S, spec.q), dtype=X.dtype) @ LG.T
             y = y + jnp.einsum("stk,sk->st", Z, b)
+        if plan is not None:
+            o = 0
+            for f, (fp, L) in enumerate(zip(plan.factors, lams)):
+                u = jax.random.normal(jax.random.fold_in(k2, f), (fp.n_pad, fp.k), dtype=X.dtype)
+                b2 = (u @ L.T)[data.idx.lev[:, f]]  # [S, k]
+                y = y + jnp.einsum("stk,sk->st", data.Z2[..., o : o + fp.k], b2)
+                o += fp.k
         return y * m
 
     return jax.vmap(one)(idx)

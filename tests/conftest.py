@@ -55,3 +55,31 @@ def _release_compiled_programs():
     import jax
 
     jax.clear_caches()
+
+
+@pytest.fixture
+def compiled():
+    """The names of the functions XLA compiles while the test runs (``jax_log_compiles``)."""
+    import logging
+    import re
+
+    import jax
+
+    names = []
+
+    class _Handler(logging.Handler):
+        def emit(self, record):
+            m = re.match(r"Finished XLA compilation of jit\((.*?)\)", record.getMessage())
+            if m:
+                names.append(m.group(1))
+
+    handler = _Handler(level=logging.DEBUG)
+    logger = logging.getLogger("jax._src.dispatch")
+    logger.addHandler(handler)
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        yield names
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+        logger.removeHandler(handler)

@@ -222,7 +222,7 @@ def test_with_ddf_switches_without_refit(un_fit):
 
 
 def test_memory_map_guard_releases_programs():
-    from jaxlmm.model import guard_memory_maps
+    from jaxlmm.fitting import guard_memory_maps
 
     assert guard_memory_maps(every=1, fraction=0.0) is True  # forced: clears the caches
     assert guard_memory_maps(every=1, fraction=1.0) is False

@@ -98,7 +98,7 @@ def test_batched_satterthwaite_df_equals_single_fit():
     fits = [lmm.fit(FORMULA, f) for f in frames]
     assert all(r.converged for r in fits)
     model = lmm.Model(FORMULA, frames[0].drop(columns="y"))  # every row: Y carries each trial's NaNs
-    theta = np.stack([r._theta_u for r in fits])
+    theta = np.stack([r.theta_unconstrained for r in fits])
     Y = np.stack([f["y"].to_numpy() for f in frames])
     c = np.array([HYP.get(n, 0.0) for n in fits[0].fixef.index])
     L = np.vstack([np.eye(fits[0].p), c])

@@ -20,8 +20,8 @@ from scipy import optimize, stats
 
 import jaxlmm as lmm
 from jaxlmm.errors import LMMError
-from jaxlmm.likelihood import NaturalSpec, deviance
-from jaxlmm.model import _to_jax
+from jaxlmm.likelihood import deviance
+from jaxlmm.spec import NaturalSpec
 
 REF = Path(__file__).parent / "reference"
 CASES = [c for c in json.loads((REF / "inference" / "inference.json").read_text())["cases"] if "profile" in c]
@@ -58,7 +58,7 @@ def _independent_delta(res, name, value, reml):
     """min over the other natural parameters of the deviance at ``name = value``, minus d_min,
     by L-BFGS-B with box bounds (SDs >= 0, |correlations| < 1) from two starts."""
     nspec = NaturalSpec(res.model.spec)
-    data = _to_jax(res.model.arrays)
+    data = res.model.arrays.to_jax()
     f = jax.jit(lambda phi: deviance(phi, data, nspec, reml))
     g = jax.jit(jax.grad(lambda phi: deviance(phi, data, nspec, reml)))
     phi0 = res.theta.to_numpy()

@@ -1,0 +1,202 @@
+"""Fitting one dataset: the likelihood payload, start values, the compiled Newton fit and the
+public record of its outcome.
+
+A model's arrays are turned once into the payload that evaluates its likelihood fastest
+(:func:`make_payload`):
+
+* ``"patterns"``: level-1 models whose subjects share few visit patterns (at most half as many
+  patterns as subjects): per-pattern sufficient statistics;
+* ``"flat"``: ``sigma^2 I`` residuals and nested or crossed factors only: the cross-products
+  of the rows are summed once (:class:`~jaxlmm.likelihood.FlatData`);
+* ``"subjects"``: everything else (per-subject whitening, then the level-2 factors).
+
+Every later computation on the fit (inference, profiles) uses the same payload, so it reuses
+the compiled likelihood of the fit instead of compiling another layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .likelihood import beta_vcov, deviance, flat_payload
+from .optimize import BOUNDARY, CONVERGED, newton
+from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, pattern_response_np
+from .spec import ModelData
+
+__all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start"]
+
+
+@dataclass(frozen=True)
+class FitRecord:
+    """The outcome of one fit (immutable; arrays are read-only).
+
+    ``theta`` unconstrained covariance parameters at the optimum, ``beta`` and ``vcov`` the GLS
+    fixed effects and ``(X'V^-1X)^-1`` there, ``deviance`` the minimised criterion, ``status``
+    (:data:`jaxlmm.STATUS`) and ``n_iter``, ``gradient`` and ``hessian`` of the criterion in
+    ``theta``, ``layout`` of the likelihood, ``start`` ("moments", "user", or "neutral" when the
+    first attempt failed and the fit was retried without correlations), ``attempts``."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    vcov: np.ndarray
+    deviance: float
+    reml: bool
+    status: int
+    n_iter: int
+    gradient: np.ndarray
+    hessian: np.ndarray
+    layout: str
+    start: str
+    attempts: int
+
+    def __post_init__(self):
+        for name in ("theta", "beta", "vcov", "gradient", "hessian"):
+            a = np.array(getattr(self, name), dtype=float)
+            a.flags.writeable = False
+            object.__setattr__(self, name, a)
+
+    @property
+    def converged(self) -> bool:
+        return self.status in (CONVERGED, BOUNDARY)
+
+
+def make_payload(arrays: ModelData, spec):
+    """(layout name, payload) for the likelihood of ``arrays`` (see the module docstring)."""
+    m = np.asarray(arrays.m)
+    if spec.plan is not None:
+        if not spec.level1 and spec.T == 1 and spec.resid.name == "id":
+            return "flat", flat_payload(arrays, spec)
+        return "subjects", arrays.to_jax()
+    S_real = int((m.sum(axis=1) > 0).sum())
+    pdes, layout, K = pattern_design(arrays, m)
+    if K <= max(S_real // 2, 8) and pdes.XX.size <= 2e7:
+        pr = pattern_response_np(arrays.y, m, pdes, layout)
+        pd_j = PatternDesign(*(jnp.asarray(a, jnp.float64) for a in pdes[:-1]), None)
+        return "patterns", Patterns(pd_j, PatternResponse(*(jnp.asarray(a, jnp.float64) for a in pr)))
+    return "subjects", arrays.to_jax()
+
+
+@partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
+def _fit_compiled(theta0, payload, spec, reml, max_iter: int, tol: float):
+    obj = lambda th: deviance(th, payload, spec, reml)  # noqa: E731
+    res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = beta_vcov(res.x, payload, spec)
+    return res, beta, vcov
+
+
+def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None, max_iter: int = 200,
+               tol: float = 1e-11, retry: bool = True) -> FitRecord:
+    """Full Newton fit of one dataset (host arrays with X, Z, y zero in masked cells).
+
+    ``payload`` (from :func:`make_payload`) is built when not given.  A failed fit is retried
+    once from a start without correlations."""
+    guard_memory_maps()
+    layout, pay = make_payload(arrays, spec) if payload is None else payload
+
+    def run(th):
+        return _fit_compiled(jnp.asarray(th), pay, spec, jnp.asarray(bool(reml)), max_iter, tol)
+
+    start = start_values(arrays, spec) if theta0 is None else np.asarray(theta0, dtype=float)
+    how = "moments" if theta0 is None else "user"
+    res, beta, vcov = run(start)
+    attempts = 1
+    if retry and int(res.status) not in (CONVERGED, BOUNDARY):
+        res2, beta2, vcov2 = run(neutral_start(spec, start))
+        attempts = 2
+        if int(res2.status) in (CONVERGED, BOUNDARY) or float(res2.fun) < float(res.fun):
+            res, beta, vcov, how = res2, beta2, vcov2, "neutral"
+    return FitRecord(theta=np.asarray(res.x), beta=np.asarray(beta), vcov=np.asarray(vcov), deviance=float(res.fun),
+                     reml=bool(reml), status=int(res.status), n_iter=int(res.n_iter), gradient=np.asarray(res.grad),
+                     hessian=np.asarray(res.hess), layout=layout, start=how, attempts=attempts)
+
+
+def start_values(data: ModelData, spec) -> np.ndarray:
+    """Moment-based start: OLS residuals -> their pairwise visit covariance; with random
+    effects, half of the variance goes to the random part, spread over its blocks and columns."""
+    y, m, X = (np.asarray(a) for a in data[:3])
+    p = X.shape[-1]
+    Xf, yf = X.reshape(-1, p), y.reshape(-1)
+    beta, *_ = np.linalg.lstsq(Xf, yf, rcond=None)
+    r = (y - X @ beta) * m
+    cnt = m.T @ m
+    tot = float(np.sum(r * r) / max(np.sum(m), 1.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        Semp = np.where(cnt > 1, (r.T @ r) / np.maximum(cnt, 1), 0.0)
+    d = np.diag(Semp).copy()
+    d[~(np.diag(cnt) > 1) | ~(d > 0)] = max(tot, 1e-8)
+    np.fill_diagonal(Semp, d)
+    if not spec.blocks:
+        return spec.resid.start(Semp)
+    cols = block_columns(data, spec)
+    nb = len(spec.blocks)
+    parts = []
+    for b, zz in zip(spec.blocks, cols):
+        msq = np.sum(zz * zz * m[..., None], axis=(0, 1)) / max(np.sum(m), 1.0)
+        parts.append(b.start(0.5 * tot / nb / np.maximum(msq, 1e-8) / b.k))
+    Sr = 0.5 * np.diag(np.diag(Semp)) + 0.25 * (Semp - np.diag(np.diag(Semp)))
+    parts.append(spec.resid.start(Sr))
+    return np.concatenate(parts)
+
+
+def block_columns(data: ModelData, spec) -> list:
+    """The design columns [S, T, k] of every random-effect block (level 1 from ``Z``, level 2
+    from ``Z2``), in block order."""
+    Z = np.asarray(data.Z)
+    out = [None] * len(spec.blocks)
+    o = 0
+    for j in spec.level1:
+        out[j] = Z[..., o : o + spec.blocks[j].k]
+        o += spec.blocks[j].k
+    if spec.plan is not None:
+        Z2 = np.asarray(data.Z2)
+        o = 0
+        for f in spec.plan.factors:
+            for j in f.blocks:
+                out[j] = Z2[..., o : o + spec.blocks[j].k]
+                o += spec.blocks[j].k
+    return out
+
+
+def neutral_start(spec, theta0):
+    """Same variances as ``theta0`` but zero correlations."""
+    nat = np.array(spec.natural(jnp.asarray(theta0)))
+    names = spec.names(["v"] * spec.T)
+    for i, nm in enumerate(names):
+        if nm.startswith("corr[") or nm == "rho":
+            nat[i] = 0.0
+        if nm.startswith("sd[") or nm == "sigma":
+            nat[i] = max(nat[i], 1e-3)
+    return spec.from_natural(nat)
+
+
+_GUARD = {"calls": 0}
+
+
+def guard_memory_maps(every: int = 8, fraction: float = 0.5) -> bool:
+    """Release JAX's compiled programs when the process nears the kernel's memory-map limit.
+
+    On Linux every XLA:CPU executable holds several hundred memory mappings; a session that
+    compiles ~100 different models reaches ``vm.max_map_count`` (65530 by default) and the next
+    compilation crashes the process.  Every ``every`` calls this counts the mappings and, above
+    ``fraction`` of the limit, calls ``jax.clear_caches()`` (later fits recompile).  Returns
+    True when it cleared."""
+    _GUARD["calls"] += 1
+    if _GUARD["calls"] % every:
+        return False
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps", "rb") as fh:
+            n = sum(1 for _ in fh)
+    except OSError:
+        return False
+    if n > fraction * limit:
+        jax.clear_caches()
+        return True
+    return False
+

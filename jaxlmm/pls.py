@@ -1,0 +1,215 @@
+"""Nested and crossed random effects by penalised least squares (pure JAX).
+
+With the level-1 covariance ``V1`` (``R_i``, plus the random effects on the residual subject)
+and the level-2 random effects ``b2 = Lambda u``, ``u ~ N(0, I)``, the marginal covariance is
+``V = V1 + Z2 Lambda Lambda' Z2'``.  Whitening by ``V1`` (``X~ = V1^-1/2 X`` and so on, per
+subject) and writing ``W = [Z2~ Lambda, X~, y~]``,
+
+    Omega = W' W + diag(I_q, 0, 0) = [[M, .], [., D]],      M = Lambda' Z2~' Z2~ Lambda + I,
+
+the Schur complement of ``M`` in ``Omega`` is ``[[A, b], [b', c]]`` with ``A = X'V^-1X``,
+``b = X'V^-1y``, ``c = y'V^-1y`` (Woodbury), and ``log|V| = log|V1| + log|M|`` (the matrix
+determinant lemma).  So the level-2 terms change only the pieces ``(A, b, c, log|V|)`` that
+:func:`jaxlmm.likelihood.assemble` turns into the deviance: the constants stay those of SAS,
+nlme and lme4 (Bates, Maechler, Bolker and Walker 2015, JSS 67(1), section 3).
+
+``aggregate`` sums the (whitened) cross-products of the super-rows (subjects, or rows when the
+residuals are ``sigma^2 I``) into the blocks of :mod:`jaxlmm.terms`; ``eliminate`` scales them
+by ``Lambda``, factors the chained factors level by level (batched ``k x k`` Cholesky factors,
+their fill-in scattered into the parents, the pair tables and the dense tail), then the dense
+tail, and returns the Schur complement on ``[X y]`` and ``log|M|``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from .terms import Level2Index, Level2Plan
+
+__all__ = ["Level2Blocks", "aggregate", "response_blocks", "eliminate"]
+
+
+class Level2Blocks(NamedTuple):
+    """Cross-product blocks of ``[Z2 | X y]`` (before scaling by Lambda).
+
+    ``D`` per chained factor [n_c, k_c, k_c]; ``anc`` per chained factor, per later chained
+    factor [n_c, k_c, k_d]; ``P`` per ``"c.r"`` [n_pairs, k_c, k_r]; ``XD`` per chained factor
+    [n_c, k_c, p+1]; ``TZZ`` [m, m] and ``TZD`` [m, p+1] the dense tail; ``DD`` [p+1, p+1]."""
+
+    D: tuple
+    anc: tuple
+    P: dict
+    XD: tuple
+    TZZ: jax.Array
+    TZD: jax.Array
+    DD: jax.Array
+
+
+def _seg(x, ids, n):
+    return jax.ops.segment_sum(x, ids, num_segments=n)
+
+
+def _cols(Z, plan: Level2Plan, f: int):
+    o = plan.z_offsets[f]
+    return Z[..., o : o + plan.factors[f].k]
+
+
+def _tail_rows(idx: Level2Index, plan: Level2Plan, r: int):
+    """Rows of the dense tail [S, k_r] of each super-row's level of tail factor r."""
+    fp = plan.factors[r]
+    off = plan.tail_offsets[r - plan.n_chain]
+    return off + idx.lev[:, r, None] * fp.k + jnp.arange(fp.k)
+
+
+def aggregate(Zt, Dt, idx: Level2Index, plan: Level2Plan) -> Level2Blocks:
+    """Sum the super-rows' cross-products ``Zt' Zt``, ``Zt' Dt``, ``Dt' Dt`` into blocks.
+
+    ``Zt`` [S, T, q2] and ``Dt`` [S, T, p+1] (``[X y]``) are whitened by level 1 (for
+    ``sigma^2 I`` residuals: the raw rows with T = 1)."""
+    a = plan.n_chain
+    F = len(plan.factors)
+    Zf = [_cols(Zt, plan, f) for f in range(F)]
+
+    def K(f, g):
+        return jnp.einsum("stk,stl->skl", Zf[f], Zf[g])
+
+    D, anc, XD = [], [], []
+    for c in range(a):
+        n = plan.factors[c].n_pad
+        lv = idx.lev[:, c]
+        D.append(_seg(K(c, c), lv, n))
+        anc.append(tuple(_seg(K(c, d), lv, n) for d in range(c + 1, a)))
+        XD.append(_seg(jnp.einsum("stk,stj->skj", Zf[c], Dt), lv, n))
+    P = {}
+    for c in range(a):
+        for r in plan.tail:
+            key = f"{c}.{r}"
+            P[key] = _seg(K(c, r), idx.pid[key], idx.plev[key].shape[0])
+    m = plan.m_tail
+    TZZ = jnp.zeros((m, m), Zt.dtype)
+    TZD = jnp.zeros((m, Dt.shape[-1]), Zt.dtype)
+    for r in plan.tail:
+        rows = _tail_rows(idx, plan, r)
+        TZD = TZD.at[rows].add(jnp.einsum("stk,stj->skj", Zf[r], Dt))
+        for s in plan.tail:
+            if s < r:
+                continue
+            cols = _tail_rows(idx, plan, s)
+            blk = K(r, s)
+            TZZ = TZZ.at[rows[:, :, None], cols[:, None, :]].add(blk)
+            if s != r:
+                TZZ = TZZ.at[cols[:, :, None], rows[:, None, :]].add(jnp.swapaxes(blk, 1, 2))
+    DD = jnp.einsum("stj,stk->jk", Dt, Dt)
+    return Level2Blocks(tuple(D), tuple(anc), P, tuple(XD), TZZ, TZD, DD)
+
+
+def response_blocks(design: Level2Blocks, Z2, X, y, idx: Level2Index, plan: Level2Plan) -> Level2Blocks:
+    """``design`` (blocks of ``[Z2 | X 0]``) with the columns of a response ``y`` filled in:
+    ``Z2'y`` per level, ``X'y`` and ``y'y`` (rows with T = 1: Z2 [S, 1, q2], X [S, 1, p], y [S, 1])."""
+    p = X.shape[-1]
+    yc = y[..., None]
+    Dt = jnp.concatenate([X, yc], axis=-1)
+    a = plan.n_chain
+    XD = []
+    for c in range(a):
+        zy = jnp.einsum("stk,stj->skj", _cols(Z2, plan, c), yc)
+        XD.append(design.XD[c].at[..., p:].set(_seg(zy, idx.lev[:, c], plan.factors[c].n_pad)))
+    TZD = design.TZD
+    if plan.m_tail:
+        col = jnp.zeros((plan.m_tail, 1), y.dtype)
+        for r in plan.tail:
+            col = col.at[_tail_rows(idx, plan, r)].add(jnp.einsum("stk,stj->skj", _cols(Z2, plan, r), yc))
+        TZD = TZD.at[:, p:].set(col)
+    dy = jnp.einsum("stj,st->j", Dt, y)
+    DD = design.DD.at[:, p].set(dy).at[p, :].set(dy)
+    return design._replace(XD=tuple(XD), TZD=TZD, DD=DD)
+
+
+def _lam_rows(M, lams, plan: Level2Plan):
+    """``Lambda_t' M`` for the dense tail's rows (block diagonal per tail factor and level)."""
+    parts = []
+    for j, r in enumerate(plan.tail):
+        fp = plan.factors[r]
+        o = plan.tail_offsets[j]
+        blk = M[o : o + fp.n_pad * fp.k].reshape((fp.n_pad, fp.k) + M.shape[1:])
+        parts.append(jnp.einsum("ji,nj...->ni...", lams[r], blk).reshape((fp.n_pad * fp.k,) + M.shape[1:]))
+    return jnp.concatenate(parts, axis=0)
+
+
+def eliminate(lams, B: Level2Blocks, idx: Level2Index, plan: Level2Plan):
+    """Factor ``Omega`` of the module docstring for factors ``Lambda_f = lams[f]`` (elimination
+    order).  Returns ``(S, log|M|)`` with ``S`` [p+1, p+1] the Schur complement on ``[X y]``."""
+    a = plan.n_chain
+    dtype = B.DD.dtype
+    D = [jnp.einsum("ji,njk,kl->nil", lams[c], B.D[c], lams[c]) + jnp.eye(plan.factors[c].k, dtype=dtype)
+         for c in range(a)]
+    anc = [[jnp.einsum("ji,njk,kl->nil", lams[c], B.anc[c][d - c - 1], lams[d]) for d in range(c + 1, a)]
+           for c in range(a)]
+    P = {}
+    for c in range(a):
+        for r in plan.tail:
+            key = f"{c}.{r}"
+            P[key] = jnp.einsum("ji,njk,kl->nil", lams[c], B.P[key], lams[r])
+    XD = [jnp.einsum("ji,njk->nik", lams[c], B.XD[c]) for c in range(a)]
+    DD = B.DD
+    m = plan.m_tail
+    if m:
+        TZZ = _lam_rows(_lam_rows(B.TZZ, lams, plan).T, lams, plan).T + jnp.eye(m, dtype=dtype)
+        TZD = _lam_rows(B.TZD, lams, plan)
+    logdet = jnp.zeros((), dtype)
+
+    for c in range(a):
+        L = jnp.linalg.cholesky(D[c])
+        logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+        Ba = [solve_triangular(L, A_, lower=True) for A_ in anc[c]]  # to later chained factors
+        Bd = solve_triangular(L, XD[c], lower=True)  # to [X y]
+        Bp = {}
+        for r in plan.tail:
+            key = f"{c}.{r}"
+            Bp[r] = solve_triangular(L[idx.plev[key][:, 0]], P[key], lower=True)
+        # fill-in of the later chained factors (nested: one parent per level, no new blocks)
+        for i, d in enumerate(range(c + 1, a)):
+            up = idx.anc[c][:, i]
+            nd = plan.factors[d].n_pad
+            D[d] = D[d] - _seg(jnp.einsum("nki,nkj->nij", Ba[i], Ba[i]), up, nd)
+            for j, e in enumerate(range(d + 1, a)):
+                anc[d][e - d - 1] = anc[d][e - d - 1] - _seg(jnp.einsum("nki,nkj->nij", Ba[i], Ba[i + 1 + j]), up, nd)
+            XD[d] = XD[d] - _seg(jnp.einsum("nki,nkj->nij", Ba[i], Bd), up, nd)
+            for r in plan.tail:
+                key, tgt = f"{c}.{r}", f"{d}.{r}"
+                upd = jnp.einsum("nki,nkj->nij", Ba[i][idx.plev[key][:, 0]], Bp[r])
+                P[tgt] = P[tgt] - _seg(upd, idx.pmap[key][:, i], P[tgt].shape[0])
+        DD = DD - jnp.einsum("nki,nkj->ij", Bd, Bd)
+        # fill-in of the dense tail: pairs of pairs on one level of c
+        for r in plan.tail:
+            key = f"{c}.{r}"
+            rows_r = _pair_rows(idx, plan, key, r)
+            upd = jnp.einsum("nki,nkj->nij", Bp[r], Bd[idx.plev[key][:, 0]])
+            TZD = TZD.at[rows_r].add(-upd)
+            for s in plan.tail:
+                if s < r:
+                    continue
+                q = idx.quad[f"{c}.{r}.{s}"]
+                rows_s = _pair_rows(idx, plan, f"{c}.{s}", s)
+                blk = jnp.einsum("nki,nkj->nij", Bp[r][q[:, 0]], Bp[s][q[:, 1]])
+                ri, ci = rows_r[q[:, 0]], rows_s[q[:, 1]]
+                TZZ = TZZ.at[ri[:, :, None], ci[:, None, :]].add(-blk)
+                if s != r:
+                    TZZ = TZZ.at[ci[:, :, None], ri[:, None, :]].add(-jnp.swapaxes(blk, 1, 2))
+    if m:
+        Lt = jnp.linalg.cholesky(TZZ)
+        logdet = logdet + 2.0 * jnp.sum(jnp.log(jnp.diagonal(Lt)))
+        W = solve_triangular(Lt, TZD, lower=True)
+        DD = DD - W.T @ W
+    return DD, logdet
+
+
+def _pair_rows(idx: Level2Index, plan: Level2Plan, key: str, r: int):
+    """Dense-tail rows [n_pairs, k_r] of the tail level of each pair of table ``key``."""
+    fp = plan.factors[r]
+    off = plan.tail_offsets[r - plan.n_chain]
+    return off + idx.plev[key][:, 1, None] * fp.k + jnp.arange(fp.k)
