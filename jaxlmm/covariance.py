@@ -188,6 +188,12 @@ def _cs_lower(T):
     return -1.0 / (T - 1) if T > 1 else -1.0
 
 
+def _cs_rho(z, T):
+    """CS correlation from its unconstrained parameter: in (-1/(T-1), 1)."""
+    lo = _cs_lower(T)
+    return lo + (1 - lo) * jax_sigmoid(z)
+
+
 @dataclass(frozen=True)
 class CS(_Structure):
     name = "cs"
@@ -206,17 +212,14 @@ class CS(_Structure):
     def names(self, visits):
         return ["sigma", "rho"]
 
-    def _rho(self, z):
-        lo = _cs_lower(self.T)
-        return lo + (1 - lo) * jax_sigmoid(z)
 
     def matrix(self, theta):
-        rho = self._rho(theta[1])
+        rho = _cs_rho(theta[1], self.T)
         C = (1 - rho) * jnp.eye(self.T) + rho
         return jnp.exp(2 * theta[0]) * C
 
     def natural(self, theta):
-        return jnp.stack([jnp.exp(theta[0]), self._rho(theta[1])])
+        return jnp.stack([jnp.exp(theta[0]), _cs_rho(theta[1], self.T)])
 
     def from_natural(self, v):
         lo = _cs_lower(self.T)
@@ -228,13 +231,13 @@ class CS(_Structure):
         return np.array([0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8)), _logit((r - lo) / (1 - lo))])
 
     def is_boundary(self, theta):
-        rho = self._rho(theta[1])
+        rho = _cs_rho(theta[1], self.T)
         lo = _cs_lower(self.T)
         return (rho > 1 - 1e-6) | (rho < lo + 1e-6)
 
     def sas_params(self, theta):  # SAS CS: common covariance, Residual
         v = jnp.exp(2 * theta[0])
-        rho = self._rho(theta[1])
+        rho = _cs_rho(theta[1], self.T)
         return jnp.stack([v * rho, v * (1 - rho)])
 
     def sas_matrix(self, phi):
@@ -261,12 +264,12 @@ class CSH(_Structure):
 
     def matrix(self, theta):
         sd = jnp.exp(theta[: self.T])
-        rho = CS(self.T)._rho(theta[self.T])
+        rho = _cs_rho(theta[self.T], self.T)
         C = (1 - rho) * jnp.eye(self.T) + rho
         return C * sd[:, None] * sd[None, :]
 
     def natural(self, theta):
-        return jnp.concatenate([jnp.exp(theta[: self.T]), CS(self.T)._rho(theta[self.T])[None]])
+        return jnp.concatenate([jnp.exp(theta[: self.T]), _cs_rho(theta[self.T], self.T)[None]])
 
     def from_natural(self, v):
         v = np.asarray(v, dtype=float)
@@ -280,7 +283,7 @@ class CSH(_Structure):
         return CS(self.T).is_boundary(jnp.stack([theta[0], theta[self.T]]))
 
     def sas_params(self, theta):  # Var(i), CSH
-        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), CS(self.T)._rho(theta[self.T])[None]])
+        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), _cs_rho(theta[self.T], self.T)[None]])
 
     def sas_matrix(self, phi):
         sd = jnp.sqrt(phi[: self.T])

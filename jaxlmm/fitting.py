@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .likelihood import beta_vcov, deviance, flat_payload
-from .optimize import BOUNDARY, CONVERGED, newton
+from .optimize import BOUNDARY, CONVERGED, minimize_host, newton
 from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, pattern_response_np
 from .spec import ModelData
 
@@ -83,9 +83,31 @@ def make_payload(arrays: ModelData, spec):
 
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
 def _fit_compiled(theta0, payload, spec, reml, max_iter: int, tol: float):
+    """Damped Newton with the exact Hessian at every step, in one compiled program."""
     obj = lambda th: deviance(th, payload, spec, reml)  # noqa: E731
     res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
     beta, vcov = beta_vcov(res.x, payload, spec)
+    return res, beta, vcov
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _value_and_grad(theta, payload, spec, reml):
+    return jax.value_and_grad(deviance)(theta, payload, spec, reml)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _beta_vcov(theta, payload, spec):
+    return beta_vcov(theta, payload, spec)
+
+
+def _fit_host(theta0, payload, spec, reml, max_iter: int, tol: float):
+    """Models with nested or crossed factors: :func:`jaxlmm.optimize.minimize_host` around one
+    compiled value-and-gradient (an automatic Hessian of the level-2 system compiles several
+    times longer and costs many gradients); the record's Hessian is then a finite-difference
+    Hessian of exact gradients at the optimum."""
+    res = minimize_host(lambda th: _value_and_grad(th, payload, spec, reml), np.asarray(theta0), max_iter=max_iter,
+                        tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = _beta_vcov(res.x, payload, spec)
     return res, beta, vcov
 
 
@@ -98,8 +120,10 @@ def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None
     guard_memory_maps()
     layout, pay = make_payload(arrays, spec) if payload is None else payload
 
+    fit_fn = _fit_compiled if spec.plan is None else _fit_host
+
     def run(th):
-        return _fit_compiled(jnp.asarray(th), pay, spec, jnp.asarray(bool(reml)), max_iter, tol)
+        return fit_fn(jnp.asarray(th), pay, spec, jnp.asarray(bool(reml)), max_iter, tol)
 
     start = start_values(arrays, spec) if theta0 is None else np.asarray(theta0, dtype=float)
     how = "moments" if theta0 is None else "user"

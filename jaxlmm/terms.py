@@ -21,6 +21,10 @@ built block by block, and the plan fixes a storage kind for every block from the
 * the remaining (crossed) factors form the *dense tail*: one dense matrix over all their
   levels ("crossed: fill-in"), factored by a dense Cholesky after the chain is eliminated.
 
+The chain is used when it is cheaper than a dense tail over all factors (a flop count of one
+evaluation, :func:`_cost`): always for deep hierarchies, for crossed designs only when the
+factor with the most levels is large (thousands of students, hundreds of lecturers).
+
 Between a chained factor ``c`` and a tail factor ``r`` the coupling is stored per observed
 pair of levels ``(l_c, l_r)``; the fill-in of the tail from eliminating ``c`` is a sum over
 *quads*, the pairs of pairs that share ``l_c``.  All index arrays (levels per row, pairs,
@@ -43,11 +47,6 @@ __all__ = ["FactorPlan", "Level2Plan", "Level2Index", "plan_level2", "nested_in"
 #: the largest dense tail (sum of levels x columns of the crossed factors) this machine factors;
 #: one evaluation of the deviance costs ``m^3 / 3`` flops for a tail of ``m`` columns
 DENSE_LIMIT = 6000
-
-#: below this many level-2 random effects in all, every factor goes to the dense tail (a small
-#: dense Cholesky is cheaper than the chain's gathers and scatters)
-SMALL_DENSE = 48
-
 
 def pad_levels(n: int, fine: bool = False) -> int:
     """Padded level count: at least ``n + 1`` (one zero slot), rounded up to a bucket of four
@@ -143,10 +142,20 @@ class Level2Index(NamedTuple):
 
 def nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
     """True when every level of ``inner`` (codes) occurs with exactly one level of ``outer``."""
+    inner, outer = np.asarray(inner), np.asarray(outer)
     if len(inner) == 0:
         return True
-    pairs = np.unique(np.stack([inner, outer], axis=1), axis=0)
-    return len(np.unique(pairs[:, 0])) == len(pairs)
+    first = np.full(int(inner.max()) + 1, -1, dtype=np.int64)
+    first[inner[::-1]] = outer[::-1]  # the outer level of each inner level's first row
+    return bool(np.all(first[inner] == outer))
+
+
+def _pairs(a: np.ndarray, b: np.ndarray):
+    """Distinct (a, b) code pairs, sorted by a then b, and the pair of each row."""
+    nb = int(b.max()) + 1 if len(b) else 1
+    key = a.astype(np.int64) * nb + b
+    uk, inv = np.unique(key, return_inverse=True)
+    return np.stack([uk // nb, uk % nb], axis=1), np.asarray(inv).reshape(-1)
 
 
 def _parent_map(inner, outer, n_inner):
@@ -155,26 +164,27 @@ def _parent_map(inner, outer, n_inner):
     return out
 
 
-def plan_level2(factors, S_pad: int, dense_limit: int = DENSE_LIMIT):
+def plan_level2(factors, S_pad: int, chain: bool | None = None):
     """Order, chain and index the level-2 factors.
 
     ``factors``: list of ``(name, codes [S], n_levels, block_indices, k)`` with ``codes`` the
-    level of each (real) super-row.  Returns ``(Level2Plan, Level2Index, tail_names)`` with
-    numpy index arrays padded to ``S_pad`` super-rows."""
+    level of each (real) super-row.  ``chain``: None (the cheaper of a chain and an all-dense
+    tail), True (chain whatever the cost) or False (all dense).  Returns ``(Level2Plan,
+    Level2Index)`` with numpy index arrays padded to ``S_pad`` super-rows."""
     order = sorted(range(len(factors)), key=lambda j: -factors[j][2])
-    q_total = sum(f[2] * f[4] for f in factors)
-    chain: list[int] = []
-    if q_total > SMALL_DENSE:
-        chain.append(order[0])
-        rest = [j for j in order if j != order[0]]
-        while rest:
-            last = factors[chain[-1]][1]
-            cands = [j for j in rest if nested_in(last, factors[j][1])]
-            if not cands:
-                break
-            nxt = max(cands, key=lambda j: factors[j][2])
-            chain.append(nxt)
-            rest.remove(nxt)
+    use_chain = chain
+    chain = [order[0]]
+    rest = [j for j in order if j != order[0]]
+    while rest:
+        last = factors[chain[-1]][1]
+        cands = [j for j in rest if nested_in(last, factors[j][1])]
+        if not cands:
+            break
+        nxt = max(cands, key=lambda j: factors[j][2])
+        chain.append(nxt)
+        rest.remove(nxt)
+    if use_chain is False or (use_chain is None and _cost(factors, chain) >= _cost(factors, [])):
+        chain = []
     tail = [j for j in order if j not in chain]
     elim = chain + tail
     fps = []
@@ -201,8 +211,7 @@ def plan_level2(factors, S_pad: int, dense_limit: int = DENSE_LIMIT):
     for c in range(a):
         for r in plan.tail:
             key = f"{c}.{r}"
-            both = np.stack([codes[c], codes[r]], axis=1)
-            uniq, inv = np.unique(both, axis=0, return_inverse=True)  # sorted by l_c, then l_r
+            uniq, inv = _pairs(codes[c], codes[r])  # sorted by l_c, then l_r
             n_pairs = len(uniq)
             n_pad = pad_levels(n_pairs)
             pl = np.zeros((n_pad, 2), np.int32)
@@ -219,9 +228,10 @@ def plan_level2(factors, S_pad: int, dense_limit: int = DENSE_LIMIT):
             for d in range(c + 1, a):
                 up = anc[c][uniq[:, 0], d - c - 1]
                 tgt_uniq, tgt_pad = pair_tables[f"{d}.{r}"]
-                lookup = {(int(x), int(y)): i for i, (x, y) in enumerate(tgt_uniq)}
+                nb = int(max(tgt_uniq[:, 1].max(), uniq[:, 1].max())) + 1
                 col = np.full(n_pad, tgt_pad - 1, np.int32)
-                col[: len(uniq)] = [lookup[(int(x), int(y))] for x, y in zip(up, uniq[:, 1])]
+                # tgt_uniq is sorted by its integer key: find each (anc(l_c), l_r) there
+                col[: len(uniq)] = np.searchsorted(tgt_uniq[:, 0] * nb + tgt_uniq[:, 1], up * nb + uniq[:, 1])
                 cols.append(col)
             pmap[key] = np.stack(cols, axis=1) if cols else np.zeros((n_pad, 0), np.int32)
         for r in plan.tail:
@@ -230,27 +240,58 @@ def plan_level2(factors, S_pad: int, dense_limit: int = DENSE_LIMIT):
                     continue
                 ur, pad_r = pair_tables[f"{c}.{r}"]
                 us, pad_s = pair_tables[f"{c}.{s}"]
-                quad[f"{c}.{r}.{s}"] = _quads(ur[:, 0], us[:, 0], plan.factors[c].n_pad, pad_r, pad_s)
+                quad[f"{c}.{r}.{s}"] = _quads(ur[:, 0], us[:, 0], plan.factors[c].n_pad, pad_r, pad_s, upper=r == s)
     return plan, Level2Index(lev=lev, anc=tuple(anc), pid=pid, plev=plev, pmap=pmap, quad=quad)
 
 
-def _quads(lev_r, lev_s, n_c, pad_r, pad_s):
+#: cost of one quad (a scattered k x k update) in flops of a dense factorisation, as measured
+#: on CPU for values, gradients and Hessians (gathers and scatters are memory-bound)
+QUAD_COST = 1000.0
+
+
+def _cost(factors, chain) -> float:
+    """Flop-equivalents of one evaluation: the dense tail ``m^3 / 3`` plus the quads of the
+    chain's fill-in (and a little per chained level)."""
+    tail = [j for j in range(len(factors)) if j not in chain]
+    m = sum(factors[j][2] * factors[j][4] for j in tail)
+    cost = m**3 / 3.0
+    for c in chain:
+        codes_c, n_c, k_c = factors[c][1], factors[c][2], factors[c][4]
+        cost += 50.0 * n_c * k_c**3
+        counts = []
+        for r in tail:
+            pairs, _ = _pairs(np.asarray(codes_c), np.asarray(factors[r][1]))
+            counts.append((np.bincount(pairs[:, 0], minlength=n_c).astype(float), factors[r][4]))
+        for i, (ca, ka) in enumerate(counts):
+            for cb, kb in counts[i:]:
+                cost += QUAD_COST * ka * kb * float(np.dot(ca, cb))
+    return cost
+
+
+def _quads(lev_r, lev_s, n_c, pad_r, pad_s, upper=False):
     """All (a, b) with pair a of table r and pair b of table s on the same chained level
-    (pairs are sorted by that level), padded with the zero slots ``(pad_r - 1, pad_s - 1)``."""
+    (pairs are sorted by that level, then by the tail level), padded with the zero slots
+    ``(pad_r - 1, pad_s - 1)``.  ``upper`` (r = s): only ``a <= b``, the upper triangle and
+    the diagonal of the symmetric fill-in."""
     cnt_r = np.bincount(lev_r, minlength=n_c)
     cnt_s = np.bincount(lev_s, minlength=n_c)
     st_r = np.concatenate([[0], np.cumsum(cnt_r)[:-1]])
     st_s = np.concatenate([[0], np.cumsum(cnt_s)[:-1]])
     nq = cnt_r * cnt_s
     total = int(nq.sum())
-    n_pad = pad_levels(total)
-    out = np.empty((n_pad, 2), np.int32)
-    out[:, 0], out[:, 1] = pad_r - 1, pad_s - 1
+    a = b = np.zeros(0, np.int64)
     if total:
         lv = np.repeat(np.arange(n_c), nq)
         w = np.arange(total) - np.repeat(np.cumsum(nq) - nq, nq)
-        out[:total, 0] = st_r[lv] + w // cnt_s[lv]
-        out[:total, 1] = st_s[lv] + w % cnt_s[lv]
+        a = st_r[lv] + w // cnt_s[lv]
+        b = st_s[lv] + w % cnt_s[lv]
+        if upper:
+            keep = a <= b
+            a, b = a[keep], b[keep]
+    n_pad = pad_levels(len(a))
+    out = np.empty((n_pad, 2), np.int32)
+    out[:, 0], out[:, 1] = pad_r - 1, pad_s - 1
+    out[: len(a), 0], out[: len(a), 1] = a, b
     return out
 
 
