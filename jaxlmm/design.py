@@ -271,10 +271,11 @@ class _Grouping:
     factors: dict  # name -> Factor
     subject: str | None  # the level-1 subject (covariance term's, or the only grouping factor)
     subject_factor: Factor | None
-    level1: set  # names of the factors on the subject
+    level1: set  # names of the factors on the subject (level 1)
+    on_subject: set  # names of the factors that group the rows like the subject (level 1 or not)
 
 
-def _grouping(pf: ParsedFormula, df: pd.DataFrame) -> _Grouping:
+def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool = False) -> _Grouping:
     """Build the grouping factors and split them into level 1 (on the residual subject) and
     level 2 (nested or crossed).  A term expanded from ``a/b`` that the residual structure
     already contains (any term with ``un``, an intercept with ``cs``/``csh``) is dropped with
@@ -329,19 +330,24 @@ def _grouping(pf: ParsedFormula, df: pd.DataFrame) -> _Grouping:
         terms = kept
         factors = {g: f for g, f in factors.items() if any(r.group == g for r in terms)}
         level1 &= set(factors)
-        return _Grouping(terms, factors, cov.subject, sf, level1)
-    if len(factors) == 1:
+        return _Grouping(terms, factors, cov.subject, sf, set() if general else level1, level1)
+    if len(factors) == 1 and not general:
         (g, fac), = factors.items()
-        return _Grouping(terms, factors, g, fac, {g})
-    return _Grouping(terms, factors, None, None, set())
+        return _Grouping(terms, factors, g, fac, {g}, {g})
+    return _Grouping(terms, factors, None, None, set(), set())
 
 
-def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_response: bool = True):
-    """Build ``(ModelData, ModelSpec, DesignInfo, y_rows)`` from a formula and a DataFrame.
+def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_response: bool = True,
+                 engine: str = "auto"):
+    """Build ``(ModelData, ModelSpec, DesignInfo)`` from a formula and a DataFrame.
 
     With ``require_response=False`` the response column may be absent (a design for
-    simulation); the response is then all zeros.
+    simulation); the response is then all zeros.  ``engine="general"`` puts every grouping
+    factor in the level-2 system (the nested and crossed engine), also when there is one:
+    the same model, computed another way (for checks).
     """
+    if engine not in ("auto", "general"):
+        raise ValueError(f"engine must be 'auto' or 'general', not {engine!r}")
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}.")
@@ -432,7 +438,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
     # grouping factors: which are on the residual subject (level 1), which are level 2
     n = len(df)
-    grouping = _grouping(pf, df)
+    grouping = _grouping(pf, df, general=engine == "general")
     terms, subject, level1 = grouping.terms, grouping.subject, grouping.level1
     factors = grouping.factors
 
@@ -453,6 +459,14 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         else:
             blocks.extend(RandomBlock((c,), r.group, True) for c in cols)
         Zparts.append(Zr)
+    for b in blocks:  # a k x k covariance needs more than k levels
+        nl = factors[b.group].n_levels
+        if b.correlated and b.k > 1 and nl <= b.k:
+            raise DataError(
+                f"The grouping factor {b.group!r} has {nl} levels in the usable rows but {b.k} correlated random effects "
+                f"per level ({', '.join(b.columns)}): their {b.k} x {b.k} covariance needs at least {b.k + 1} levels. "
+                "Drop random slopes, make them uncorrelated (||), or use a factor with more levels."
+            )
     Zall = np.concatenate(Zparts, axis=1) if Zparts else np.zeros((n, 0))
     offs = np.cumsum([0] + [b.k for b in blocks])
     block_cols = [np.arange(offs[j], offs[j + 1]) for j in range(len(blocks))]
@@ -547,7 +561,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T, plan=plan)
 
     # identifiability
-    lvl1_blocks = [blocks[j] for j in l1]
+    lvl1_blocks = [b for b in blocks if b.group in grouping.on_subject]
     if structure == "un" and lvl1_blocks:
         raise FormulaError(
             f"Random terms together with {pf.cov.text} are not identifiable: an unstructured residual "

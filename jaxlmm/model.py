@@ -33,6 +33,10 @@ class Model:
     data : pandas.DataFrame
         One row per observation.  The response may be absent when the model is only used to
         simulate.
+    engine : "auto" or "general"
+        ``"general"`` computes a model with one grouping factor by the nested and crossed engine
+        (penalised least squares over the factor's levels) instead of per-subject covariance
+        matrices: the same likelihood, for checks.
 
     Examples
     --------
@@ -44,10 +48,11 @@ class Model:
     True
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame):
+    def __init__(self, formula: str, data: pd.DataFrame, engine: str = "auto"):
         self.formula = formula
         self.data = data
-        self.arrays, self.spec, self.info = build_design(formula, data, require_response=False)
+        self.engine = engine
+        self.arrays, self.spec, self.info = build_design(formula, data, require_response=False, engine=engine)
         self.has_response = self.info.formula.response in data.columns
 
     def fit(self, reml: bool = True, *, ddf: str = "satterthwaite", start=None, max_iter: int = 200,
@@ -184,4 +189,5 @@ def fit(formula: str, data: pd.DataFrame, reml: bool = True, **kwargs):
     >>> res.n_groups
     150
     """
-    return Model(formula, data).fit(reml=reml, **kwargs)
+    engine = kwargs.pop("engine", "auto")
+    return Model(formula, data, engine=engine).fit(reml=reml, **kwargs)

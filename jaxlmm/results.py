@@ -764,7 +764,7 @@ class LMMResult:
         if len(y) != len(df):
             raise ValueError(f"y must have {len(df)} values (one per data row), got {len(y)}")
         df[self.info.formula.response] = y
-        return type(self.model)(self.model.formula, df).fit(reml=self.reml)
+        return type(self.model)(self.model.formula, df, engine=self.model.engine).fit(reml=self.reml)
 
     def bootstrap(self, n: int = 1000, seed: int = 0, **kwargs):
         """Parametric bootstrap: ``n`` datasets simulated from this fit, each refitted in

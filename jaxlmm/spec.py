@@ -24,7 +24,7 @@ import numpy as np
 
 from .covariance import RandomBlock
 
-__all__ = ["ModelData", "ModelSpec", "NaturalSpec", "covariance_blocks", "marginal_cov", "LOG2PI"]
+__all__ = ["ModelData", "ModelSpec", "NaturalSpec", "covariance_blocks", "marginal_cov", "cluster_covariance", "LOG2PI"]
 
 LOG2PI = float(np.log(2 * np.pi))
 
@@ -253,15 +253,27 @@ class NaturalSpec:
         return out + self.base.resid.natural_bounds()
 
 
-def covariance_blocks(G, R, m, Z):
-    """``V*`` [..., T, T] for masks ``m`` [..., T] and level-1 random-effect rows ``Z`` [..., T, q]
-    (subjects, or visit patterns): ``(m m') * (Z G Z' + R) + diag(1 - m)``."""
-    T = R.shape[-1]
-    V = jnp.broadcast_to(R, m.shape + (T,))
+def covariance_blocks(G, R, m, Z, same=None, level2=()):
+    """The marginal covariance ``V*`` [..., n, n] of independent blocks of cells (the one builder
+    of every marginal covariance in the package).
+
+    ``m`` [..., n] masks, ``Z`` [..., n, q] level-1 random-effect rows, ``R`` the residual
+    covariance ([n, n], or per block [..., n, n]).  ``same`` [..., n, n] (optional) is 1 for
+    cells of one subject: the level-1 part is ``same * (Z G Z' + R)``.  ``level2``: pairs
+    ``(Z2_f [..., n, k], G_f)`` with the level of each cell ``lev_f`` [..., n] as a third item;
+    cells on one level share ``z' G_f z``.  Masked cells get the identity:
+    ``(m m') * V + diag(1 - m)``."""
+    n = m.shape[-1]
+    V = jnp.broadcast_to(R, m.shape + (n,))
     if G.shape[0]:
         V = V + jnp.einsum("...tk,kl,...ul->...tu", Z, G, Z)
+    if same is not None:
+        V = V * same
+    for zf, Gf, lev in level2:
+        eq = lev[..., :, None] == lev[..., None, :]
+        V = V + eq * jnp.einsum("...ak,kl,...bl->...ab", zf, Gf, zf)
     mm = m[..., :, None] * m[..., None, :]
-    return mm * V + jnp.eye(T, dtype=V.dtype) * (1.0 - m)[..., :, None]
+    return mm * V + jnp.eye(n, dtype=V.dtype) * (1.0 - m)[..., :, None]
 
 
 def marginal_cov(theta, m, Z, spec):
@@ -271,24 +283,17 @@ def marginal_cov(theta, m, Z, spec):
 
 def cluster_covariance(G1, R, G2, cl):
     """Dense marginal covariance of independent clusters (for Kenward-Roger, sandwich SEs and
-    checks), from level-1 ``G1``, ``R`` and the level-2 ``G_f`` (plan order).
+    checks), from level-1 ``G1``, ``R`` and the level-2 ``G_f`` (plan order), by
+    :func:`covariance_blocks`.
 
     ``cl`` (:func:`jaxlmm.likelihood.cluster_layout`) lists each cluster's cells [C, n]: subject
-    ``sub``, visit ``t``, mask ``m``, level-1 rows ``Z``, level-2 rows ``Z2`` and levels ``lev``.
-    ``V[a, b] = [sub_a = sub_b] (R[t_a, t_b] + z_a' G1 z_b) + sum_f [lev_fa = lev_fb] z2_fa' G_f z2_fb``,
-    masked like :func:`covariance_blocks`."""
-    same = cl.sub[..., :, None] == cl.sub[..., None, :]
-    V = R[cl.t[..., :, None], cl.t[..., None, :]]
-    if G1.shape[0]:
-        V = V + jnp.einsum("...ak,kl,...bl->...ab", cl.Z, G1, cl.Z)
-    V = V * same
-    o = 0
+    ``sub``, visit ``t``, mask ``m``, level-1 rows ``Z``, level-2 rows ``Z2`` and levels ``lev``:
+    ``V[a, b] = [sub_a = sub_b] (R[t_a, t_b] + z_a' G1 z_b) + sum_f [lev_fa = lev_fb] z2_fa' G_f z2_fb``."""
+    same = (cl.sub[..., :, None] == cl.sub[..., None, :]).astype(R.dtype)
+    Rc = R[cl.t[..., :, None], cl.t[..., None, :]]
+    level2, o = [], 0
     for f, Gf in enumerate(G2):
         k = Gf.shape[0]
-        zf = cl.Z2[..., o : o + k]
+        level2.append((cl.Z2[..., o : o + k], Gf, cl.lev[..., f]))
         o += k
-        eq = cl.lev[..., :, None, f] == cl.lev[..., None, :, f]
-        V = V + eq * jnp.einsum("...ak,kl,...bl->...ab", zf, Gf, zf)
-    mm = cl.m[..., :, None] * cl.m[..., None, :]
-    n = cl.m.shape[-1]
-    return mm * V + jnp.eye(n, dtype=V.dtype) * (1.0 - cl.m)[..., :, None]
+    return covariance_blocks(G1, Rc, cl.m, cl.Z, same, level2)
