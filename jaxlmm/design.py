@@ -459,9 +459,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         else:
             blocks.extend(RandomBlock((c,), r.group, True) for c in cols)
         Zparts.append(Zr)
-    for b in blocks:  # a k x k covariance needs more than k levels
+    for b in blocks:  # a k x k covariance needs more than k levels (a design for simulation may have fewer)
         nl = factors[b.group].n_levels
-        if b.correlated and b.k > 1 and nl <= b.k:
+        if has_response and b.correlated and b.k > 1 and nl <= b.k:
             raise DataError(
                 f"The grouping factor {b.group!r} has {nl} levels in the usable rows but {b.k} correlated random effects "
                 f"per level ({', '.join(b.columns)}): their {b.k} x {b.k} covariance needs at least {b.k + 1} levels. "

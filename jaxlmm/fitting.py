@@ -38,8 +38,10 @@ class FitRecord:
     ``theta`` unconstrained covariance parameters at the optimum, ``beta`` and ``vcov`` the GLS
     fixed effects and ``(X'V^-1X)^-1`` there, ``deviance`` the minimised criterion, ``status``
     (:data:`jaxlmm.STATUS`) and ``n_iter``, ``gradient`` and ``hessian`` of the criterion in
-    ``theta``, ``layout`` of the likelihood, ``start`` ("moments", "user", or "neutral" when the
-    first attempt failed and the fit was retried without correlations), ``attempts``."""
+    ``theta``, ``layout`` of the likelihood, ``optimizer`` ("newton": exact Hessians;
+    "bfgs+newton": BFGS, then Newton steps with finite-difference Hessians of exact gradients),
+    ``start`` ("moments", "user", or "neutral" when the first attempt failed and the fit was
+    retried without correlations), ``attempts``."""
 
     theta: np.ndarray
     beta: np.ndarray
@@ -53,6 +55,7 @@ class FitRecord:
     layout: str
     start: str
     attempts: int
+    optimizer: str = "newton"
 
     def __post_init__(self):
         for name in ("theta", "beta", "vcov", "gradient", "hessian"):
@@ -136,7 +139,8 @@ def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None
             res, beta, vcov, how = res2, beta2, vcov2, "neutral"
     return FitRecord(theta=np.asarray(res.x), beta=np.asarray(beta), vcov=np.asarray(vcov), deviance=float(res.fun),
                      reml=bool(reml), status=int(res.status), n_iter=int(res.n_iter), gradient=np.asarray(res.grad),
-                     hessian=np.asarray(res.hess), layout=layout, start=how, attempts=attempts)
+                     hessian=np.asarray(res.hess), layout=layout, start=how, attempts=attempts,
+                     optimizer="newton" if spec.plan is None else "bfgs+newton")
 
 
 def start_values(data: ModelData, spec) -> np.ndarray:

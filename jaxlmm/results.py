@@ -812,7 +812,8 @@ class LMMResult:
             lines.append(f"Rows dropped for missing values: {info.n_dropped} (missing per column: {det})")
         if info.dropped_aliased:
             lines.append(f"Aliased fixed-effect columns dropped: {', '.join(info.dropped_aliased)}")
-        lines.append(f"Convergence: {self.status_message} after {self.n_iter} Newton iterations")
+        how = "Newton iterations" if self.record.optimizer == "newton" else "iterations (BFGS, then Newton)"
+        lines.append(f"Convergence: {self.status_message} after {self.n_iter} {how}")
         lines.append("")
         lines.append("Fit statistics (SAS conventions)")
         lab = "-2 Res Log Likelihood" if self.reml else "-2 Log Likelihood"
