@@ -172,12 +172,13 @@ def _start(data: ModelData, spec: ModelSpec):
     has2 = data.Z2 is not None
 
     def host(y, m, X, Z, *rest):
+        idx = data.idx._replace(lev=np.asarray(rest[1])) if has2 else None
         d = ModelData(np.asarray(y), np.asarray(m), np.asarray(X), np.asarray(Z),
-                      np.asarray(rest[0]) if has2 else None, data.idx)
+                      np.asarray(rest[0]) if has2 else None, idx)
         return np.asarray(start_values(d, spec), dtype=np.dtype(data.y.dtype))
 
     out = jax.ShapeDtypeStruct((spec.n_theta,), data.y.dtype)
-    args = [jax.lax.stop_gradient(a) for a in data[: 5 if has2 else 4]]
+    args = [jax.lax.stop_gradient(a) for a in data[: 5 if has2 else 4]] + ([data.idx.lev] if has2 else [])
     return jax.pure_callback(host, out, *args, vmap_method="sequential")
 
 

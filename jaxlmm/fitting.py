@@ -162,13 +162,44 @@ def start_values(data: ModelData, spec) -> np.ndarray:
         return spec.resid.start(Semp)
     cols = block_columns(data, spec)
     nb = len(spec.blocks)
+    share = {j: 0.5 * tot / nb for j in range(nb)}
+    resid_scale = 0.5
+    if spec.plan is not None:  # level 2: each factor's share from the spread of its level means
+        v = _factor_moments(r, m, np.asarray(data.idx.lev), spec.plan, tot)
+        for f, vf in zip(spec.plan.factors, v):
+            for j in f.blocks:
+                share[j] = vf / len(f.blocks)
+        l1 = spec.level1
+        for j in l1:
+            share[j] = 0.5 * tot / nb
+        resid_scale = max(1.0 - sum(v) / tot - 0.5 * len(l1) / nb, 0.2)
     parts = []
-    for b, zz in zip(spec.blocks, cols):
+    for j, (b, zz) in enumerate(zip(spec.blocks, cols)):
         msq = np.sum(zz * zz * m[..., None], axis=(0, 1)) / max(np.sum(m), 1.0)
-        parts.append(b.start(0.5 * tot / nb / np.maximum(msq, 1e-8) / b.k))
-    Sr = 0.5 * np.diag(np.diag(Semp)) + 0.25 * (Semp - np.diag(np.diag(Semp)))
+        parts.append(b.start(share[j] / np.maximum(msq, 1e-8) / b.k))
+    Sr = resid_scale * np.diag(np.diag(Semp)) + 0.5 * resid_scale * (Semp - np.diag(np.diag(Semp)))
     parts.append(spec.resid.start(Sr))
     return np.concatenate(parts)
+
+
+def _factor_moments(r, m, lev, plan, tot):
+    """Start values of the level-2 factors' variances: for each factor, the variance of the
+    OLS residuals' level means minus the part the within-level spread explains
+    (``s_w^2 / n_l``), floored at 2% of the total variance."""
+    obs = m > 0
+    out = []
+    for f in range(len(plan.factors)):
+        codes = np.broadcast_to(lev[:, f, None], m.shape)[obs]
+        x = r[obs]
+        n = np.bincount(codes, minlength=plan.factors[f].n_pad).astype(float)
+        s1 = np.bincount(codes, weights=x, minlength=len(n))
+        s2 = np.bincount(codes, weights=x * x, minlength=len(n))
+        has = n > 0
+        mean = s1[has] / n[has]
+        within = (s2[has] - n[has] * mean**2).sum() / max(float((n[has] - 1).sum()), 1.0)
+        between = float(np.var(mean)) - within * float(np.mean(1.0 / n[has]))
+        out.append(float(np.clip(between, 0.02 * tot, 0.9 * tot)))
+    return out
 
 
 def block_columns(data: ModelData, spec) -> list:
