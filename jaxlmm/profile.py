@@ -36,7 +36,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from scipy import stats
 
 from .errors import LMMError
-from .likelihood import LOG2PI, gls_pieces
+from .likelihood import assemble, gls_pieces
 from .spec import NaturalSpec
 from .optimize import BOUNDARY, CONVERGED, newton
 
@@ -75,19 +75,16 @@ def _to_u(phi, bounds, floor):
 
 
 def _dev_rows(v, row, payload, nspec, bounds):
-    """Deviance of one profile row (fixed coordinate, fixed-effect constraint, criterion)."""
+    """Deviance of one profile row (fixed coordinate, fixed-effect constraint, criterion):
+    the engine's deviance plus, for a fixed-effect row, (b - e'beta_hat)^2 / e'A^-1 e."""
     fix_mask, cu, e, bval, reml, is_fixed = row
     u = jnp.where(fix_mask, cu, v)
-    phi = _to_phi(u, bounds)
-    A, b, c, logdet, n_obs = gls_pieces(phi, payload, nspec)
-    p = A.shape[0]
-    LA = jnp.linalg.cholesky(A)
-    beta = cho_solve((LA, True), b)
-    dev = logdet + c - jnp.dot(b, beta) + n_obs * LOG2PI
-    dev = dev + jnp.where(reml, 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - p * LOG2PI, 0.0)
+    pieces = gls_pieces(_to_phi(u, bounds), payload, nspec)
+    LA = jnp.linalg.cholesky(pieces.A)
+    beta = cho_solve((LA, True), pieces.b)
     w = solve_triangular(LA, e, lower=True)
     ajj = jnp.where(is_fixed, jnp.dot(w, w), 1.0)
-    return dev + jnp.where(is_fixed, (bval - jnp.dot(e, beta)) ** 2 / ajj, 0.0)
+    return assemble(pieces, reml) + jnp.where(is_fixed, (bval - jnp.dot(e, beta)) ** 2 / ajj, 0.0)
 
 
 @partial(jax.jit, static_argnames=("nspec", "bounds", "max_iter"))
@@ -291,7 +288,6 @@ def confint_profile(result, which=None, level: float = 0.95, criterion=None, max
     prob = _Problem(result, criterion)
     tgts = prob.targets(which)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    z2 = z * z
     ends = [(tgt, s) for tgt in tgts for s in (-1.0, 1.0)]
     E = len(ends)
     info = []
@@ -341,7 +337,7 @@ def confint_profile(result, which=None, level: float = 0.95, criterion=None, max
             break
         rows, vals, starts, owner = [], [], [], []
         for i in active:
-            (a, za, xa), (b, zb, xb) = lo_pt[i], hi_pt[i]
+            (a, za, xa), (b, zb, _) = lo_pt[i], hi_pt[i]
             t = (z - za) / max(zb - za, 1e-300)
             cstar = a + np.clip(t, 0.02, 0.98) * (b - a)
             w = b - a
@@ -361,7 +357,7 @@ def confint_profile(result, which=None, level: float = 0.95, criterion=None, max
                     continue
                 zeta = np.sqrt(max(float(f[r]) - dmin, 0.0))
                 v = vals[r]
-                (a, za, xa), (b, zb, xb) = lo_pt[i], hi_pt[i]
+                (a, za, xa), (b, zb, _) = lo_pt[i], hi_pt[i]
                 inside = (v - a) * (b - v) > 0
                 if not inside:
                     continue

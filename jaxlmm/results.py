@@ -328,7 +328,6 @@ class LMMResult:
 
         import formulaic
 
-        from .design import new_design_rows
         from .inference import wald_test
 
         specs = [specs] if isinstance(specs, str) else list(specs)

@@ -1,9 +1,9 @@
 """Nested and crossed random effects against lme4, lmerTest, pbkrtest and nlme.
 
 The datasets are made by jaxlmm's simulators (``tests/reference/multilevel/make_data.py``), the
-references by ``make_reference.R`` beside them (``reference.json``); ``compare.py`` there
+references by ``make_reference.R`` beside them (``reference.json``); ``multilevel_compare.py`` there
 computes the differences (and prints the worst per quantity when run).  Tolerances
-(``compare.TOLERANCE``): deviance 1e-6 relative and never higher than R's by more than that;
+(``multilevel_compare.TOLERANCE``): deviance 1e-6 relative and never higher than R's by more than that;
 fixed effects 1e-4, SEs, variance components, BLUPs and conditional SDs 1e-3; df, F and
 KR-adjusted SEs 1e-4; profile limits 1e-3.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "reference" / "multilevel"))
-from compare import TOLERANCE, differences, fit_case, fitted, load_cases  # noqa: E402
+from multilevel_compare import TOLERANCE, differences, fit_case, fitted, load_cases  # noqa: E402
 
 CASES = load_cases()
 IDS = [f"{c['case']}-{'reml' if c['reml'] else 'ml'}" for c in CASES]

@@ -224,8 +224,6 @@ def test_inference_on_nested_and_crossed(nested, crossed):
     kr = rn.with_ddf("kenward-roger")
     assert kr.coef_table.loc["trt", "df"] < 12  # trt varies between schools
     assert rn.test({"trt": 1.0})["den_df"] == pytest.approx(rn.coef_table.loc["trt", "df"])
-    em = rn.emmeans("trt") if False else None  # trt is numeric: no LS-means
-    assert em is None
     V = rn.vcov_sandwich("CR2")  # clusters: the schools
     assert V.shape == (3, 3) and np.all(np.diag(V) > 0)
     rc = quiet(lmm.fit, "y ~ cond + (1 | subject) + (1 | item)", crossed)
@@ -233,6 +231,15 @@ def test_inference_on_nested_and_crossed(nested, crossed):
         rc.vcov_sandwich()
     with pytest.raises(LMMError, match="no subject"):
         rc.with_ddf("between-within").coef_table
+    # LS-means of a categorical condition: the two cell means of the crossed model
+    cat = crossed.assign(c=np.where(crossed["cond"] > 0, "hi", "lo"))
+    rcat = quiet(lmm.fit, "y ~ c + (1 | subject) + (1 | item)", cat)
+    em = rcat.emmeans("c").set_index("c")
+    b = rcat.fixef
+    assert em.loc["hi", "emmean"] == pytest.approx(b["(Intercept)"], rel=1e-10)
+    assert em.loc["lo", "emmean"] == pytest.approx(b["(Intercept)"] + b["c[T.lo]"], rel=1e-10)
+    assert em.loc["hi", "std_error"] == pytest.approx(rcat.coef_table.loc["(Intercept)", "std_error"], rel=1e-10)
+    assert 0 < em.loc["hi", "df"] < len(cat)
     tab = rc.theta_table
     assert list(tab.index) == ["sd[(Intercept)|subject]", "sd[(Intercept)|item]", "sigma"]
     assert np.all(tab["ci_lower"] < tab["estimate"])

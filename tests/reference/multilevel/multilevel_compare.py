@@ -1,7 +1,7 @@
 """Compare jaxlmm with the lme4 / lmerTest / pbkrtest / nlme fits in reference.json.
 
 Used by tests/test_multilevel_reference.py; run directly (``python
-tests/reference/multilevel/compare.py``) to print the worst difference per quantity over all
+tests/reference/multilevel/multilevel_compare.py``) to print the worst difference per quantity over all
 cases.  Differences are relative (to the reference value; SDs and BLUPs relative to the
 largest of their kind, with a floor of 1e-3 sigma for values at zero; correlations absolute).
 """
