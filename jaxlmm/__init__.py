@@ -11,7 +11,7 @@ Public API (the table of contents):
   fits in one compiled call (:class:`BatchResult`, :class:`BootstrapResult`).
 - :func:`deviance`: the pure, differentiable -2 (restricted) log-likelihood.
 - :func:`example_trial`, :func:`simulate_longitudinal`: built-in, deterministic example data.
-- Errors: :class:`LMMError` (a ``ValueError``), :class:`FormulaError`, :class:`DataError`;
+- Errors: :class:`LMMError` (a ``ValueError``), :class:`FormulaError`, :class:`DataError`, :class:`ArgumentError` (also a ``TypeError``);
   :class:`ConvergenceWarning`.
 """
 
@@ -38,7 +38,7 @@ from .differentiate import (  # noqa: E402
     solve,
     weighted_deviance,
 )
-from .errors import ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
+from .errors import ArgumentError, ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
 from .likelihood import deviance  # noqa: E402
 from .spec import ModelData, ModelSpec  # noqa: E402
@@ -81,6 +81,7 @@ __all__ = [
     "COVARIANCE_NAMES",
     "STATUS",
     "LMMError",
+    "ArgumentError",
     "FormulaError",
     "DataError",
     "ConvergenceWarning",

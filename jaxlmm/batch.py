@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fitting import fit_arrays, guard_memory_maps, start_values
+from .fitting import column_log_scales, fit_arrays, guard_memory_maps, ols_log_scale, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
-from .optimize import BOUNDARY, CONVERGED, STATUS, bfgs_warm, newton, psd_inverse
+from .optimize import BOUNDARY, CONVERGED, INVALID, STATUS, bfgs_warm, newton, psd_inverse
 from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
 
 __all__ = ["BatchResult", "fit_batch_padded", "responses_to_padded", "fit_many", "choose_chunk", "BLOCK", "progress_bar"]
@@ -48,9 +48,21 @@ __all__ = ["BatchResult", "fit_batch_padded", "responses_to_padded", "fit_many",
 # ------------------------------------------------------------------------------------------
 
 
-def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray]:
-    """``Y`` [B, n_rows] aligned with the input data rows -> padded y and masks [B, S_pad, T]."""
-    Y = np.asarray(Y, dtype=float)
+def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``Y`` [B, n_rows] aligned with the input data rows (or a DataFrame with a row per data row
+    and a column per replicate, as ``simulate`` returns) -> padded y and masks [B, S_pad, T], and
+    which replicates cannot be fitted [B] (an infinite value, or no more observed values than
+    fixed effects); NaN marks a missing value."""
+    if isinstance(Y, pd.DataFrame):  # rows = data rows, a column per replicate (simulate's frames)
+        if len(Y) != info.n_rows_input:
+            raise DataError(f"A DataFrame of responses must have one row per row of the model's data "
+                            f"({info.n_rows_input}), got {len(Y)}.")
+        Y = Y.to_numpy(dtype=float).T
+    try:
+        Y = np.asarray(Y, dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"Y must be numeric, an array [B, {info.n_rows_input}] of responses; got values that are "
+                        "not numbers.") from None
     if Y.ndim == 1:
         Y = Y[None]
     if Y.ndim != 2 or Y.shape[1] != info.n_rows_input:
@@ -58,16 +70,17 @@ def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray]:
             f"Y must have shape [B, {info.n_rows_input}] (one column per row of the model's data), "
             f"got {list(Y.shape)}."
         )
-    if np.isinf(Y).any():
-        raise DataError("Y has infinite values; use NaN for missing responses.")
     B = Y.shape[0]
     Yv = Y[:, info.row_index]
+    bad = np.isinf(Yv).any(axis=1)
+    Yv = np.where(np.isinf(Yv), np.nan, Yv)
     y = np.zeros((B, info.S_pad, info.T))
     m = np.zeros((B, info.S_pad, info.T))
     obs = ~np.isnan(Yv)
     y[:, info.row_s, info.row_t] = np.where(obs, Yv, 0.0)
     m[:, info.row_s, info.row_t] = obs
-    return y, m
+    bad |= obs.sum(axis=1) <= len(info.fixed_names)
+    return y, m, bad
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,52 +106,64 @@ def _over_devices(fn, mesh, n_sharded, n_replicated):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
 
 
-def _solve_one(f, th0, Binv0, payload, spec, max_iter, tol):
-    r = bfgs_warm(f, th0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
-    beta, vcov = beta_vcov(r.x, payload, spec)
-    return r.x, r.fun, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(r.x)
+def _solve_one(dev, u0, Binv0, payload, spec, yb, mb, X, log_sz, reml, max_iter, tol):
+    """BFGS on the replicate's own unit-scale parameters (``theta = mult * u + shift`` from the
+    RMS of its OLS residuals, :func:`jaxlmm.fitting.ols_log_scale`), so a replicate's start and
+    steps do not depend on its units or on the replicates beside it.  A replicate that the
+    fixed effects fit exactly gets status ``INVALID`` and NaN."""
+    log_sy, exact = ols_log_scale(yb, mb, X, xp=jnp)
+    mult, shift = spec.unit_scaling(log_sy, log_sz)
+    dev0 = 2.0 * (jnp.sum(mb) - jnp.where(reml, X.shape[-1], 0)) * log_sy
+    f = lambda u: dev(mult * u + shift) - dev0  # noqa: E731
+    r = bfgs_warm(f, u0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    x = mult * r.x + shift
+    beta, vcov = beta_vcov(x, payload, spec)
+    out = (x, r.fun + dev0, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(x))
+    # the fixed effects fit the replicate exactly (e.g. a constant response): nothing to fit
+    nan = jnp.asarray(jnp.nan, x.dtype)
+    return tuple(jnp.where(exact, INVALID if a is r.status else (0 if a is r.n_iter else nan), a) for a in out)
 
 
 @partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol", "mesh"))
-def _batch_patterns(theta0, Binv0, y, m, pdes, spec, layout, reml, max_iter, tol, mesh=None):
-    def run(th0s, ys, Binv0, m, pdes, reml):
+def _batch_patterns(u0, Binv0, y, m, X, log_sz, pdes, spec, layout, reml, max_iter, tol, mesh=None):
+    def run(u0s, ys, Binv0, m, X, log_sz, pdes, reml):
         def one(args):
-            th0, yb = args
+            u, yb = args
             pay = Patterns(pdes, pattern_response(yb, m, pdes, layout))
-            f = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
-            return _solve_one(f, th0, Binv0, pay, spec, max_iter, tol)
+            dev = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
+            return _solve_one(dev, u, Binv0, pay, spec, yb, m, X, log_sz, reml, max_iter, tol)
 
-        return jax.lax.map(one, (th0s, ys), batch_size=BLOCK)
+        return jax.lax.map(one, (u0s, ys), batch_size=BLOCK)
 
-    return _over_devices(run, mesh, 2, 4)(theta0, y, Binv0, m, pdes, reml)
+    return _over_devices(run, mesh, 2, 6)(u0, y, Binv0, m, X, log_sz, pdes, reml)
 
 
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol", "mesh"))
-def _batch_general(theta0, Binv0, y, m, data, spec, reml, max_iter, tol, mesh=None):
-    def run(th0s, ys, ms, Binv0, data, reml):
+def _batch_general(u0, Binv0, y, m, log_sz, data, spec, reml, max_iter, tol, mesh=None):
+    def run(u0s, ys, ms, Binv0, log_sz, data, reml):
         def one(args):
-            th0, yb, mb = args
+            u, yb, mb = args
             d = data.masked(mb)._replace(y=yb * mb)
-            f = lambda th: deviance(th, d, spec, reml)  # noqa: E731
-            return _solve_one(f, th0, Binv0, d, spec, max_iter, tol)
+            dev = lambda th: deviance(th, d, spec, reml)  # noqa: E731
+            return _solve_one(dev, u, Binv0, d, spec, yb, mb, data.X, log_sz, reml, max_iter, tol)
 
-        return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
+        return jax.lax.map(one, (u0s, ys, ms), batch_size=BLOCK)
 
-    return _over_devices(run, mesh, 3, 3)(theta0, y, m, Binv0, data, reml)
+    return _over_devices(run, mesh, 3, 4)(u0, y, m, Binv0, log_sz, data, reml)
 
 
 @partial(jax.jit, static_argnames=("spec", "shared", "max_iter", "tol", "mesh"))
-def _batch_flat(theta0, Binv0, y, m, data, fd, spec, shared, reml, max_iter, tol, mesh=None):
-    def run(th0s, ys, ms, Binv0, data, fd, reml):
+def _batch_flat(u0, Binv0, y, m, log_sz, data, fd, spec, shared, reml, max_iter, tol, mesh=None):
+    def run(u0s, ys, ms, Binv0, log_sz, data, fd, reml):
         def one(args):
-            th0, yb, mb = args
+            u, yb, mb = args
             pay = flat_response(fd, data, yb, mb, spec, shared=shared)
-            f = lambda th: deviance(th, pay, spec, reml)  # noqa: E731
-            return _solve_one(f, th0, Binv0, pay, spec, max_iter, tol)
+            dev = lambda th: deviance(th, pay, spec, reml)  # noqa: E731
+            return _solve_one(dev, u, Binv0, pay, spec, yb, mb, data.X, log_sz, reml, max_iter, tol)
 
-        return jax.lax.map(one, (th0s, ys, ms), batch_size=BLOCK)
+        return jax.lax.map(one, (u0s, ys, ms), batch_size=BLOCK)
 
-    return _over_devices(run, mesh, 3, 4)(theta0, y, m, Binv0, data, fd, reml)
+    return _over_devices(run, mesh, 3, 5)(u0, y, m, Binv0, log_sz, data, fd, reml)
 
 
 # ------------------------------------------------------------------------------------------
@@ -260,6 +285,7 @@ def fit_batch_padded(
     theta0: np.ndarray,
     hess0: np.ndarray,
     shared_mask: np.ndarray | None,
+    bad: np.ndarray | None = None,
     chunk_size: int | None = None,
     memory_budget: float = 2e9,
     max_iter: int = 60,
@@ -270,7 +296,11 @@ def fit_batch_padded(
     retry: bool = True,
 ) -> BatchResult:
     """Core driver.  ``source(idx)`` returns padded ``(y, m)`` [C, S_pad, T] for replicate
-    indices ``idx`` (``m`` may be None when ``shared_mask`` is given)."""
+    indices ``idx`` (``m`` may be None when ``shared_mask`` is given).  ``theta0`` and ``hess0``
+    are a nearby optimum and its Hessian in unit-scale parameters
+    (:attr:`~jaxlmm.fitting.FitRecord.unit_theta`, ``unit_hessian``): every replicate starts
+    there on its own scale.  Replicates flagged in ``bad`` (their data replaced by a good
+    replicate's by the caller) come back NaN with status ``INVALID``."""
     guard_memory_maps(every=1)
     spec, info = model.spec, model.info
     base = model.arrays
@@ -290,6 +320,7 @@ def fit_batch_padded(
         if K <= max(info.S // 2, 8):
             path = "patterns"
     data = base.to_jax(dtype)
+    log_sz = jnp.asarray(column_log_scales(base, spec), dtype)
     if path == "patterns":
         per = 8 * (S * T * 2 + pdes.m.shape[0] * T * T * (p + 2) * 6)
         m_j = jnp.asarray(shared_mask, dtype)
@@ -315,14 +346,15 @@ def fit_batch_padded(
         y, m = source(idx)
         y = jnp.asarray(y, dtype)
         if path == "patterns":
-            res = _batch_patterns(th0, Binv0, y, m_j, pdes_j, spec, layout, reml_j, max_iter, tol, mesh=mesh)
+            res = _batch_patterns(th0, Binv0, y, m_j, data.X, log_sz, pdes_j, spec, layout, reml_j, max_iter, tol,
+                                  mesh=mesh)
         else:
             m = jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
             if path == "flat":
-                res = _batch_flat(th0, Binv0, y, m, data, fd, spec, shared_mask is not None, reml_j, max_iter, tol,
-                                  mesh=mesh)
+                res = _batch_flat(th0, Binv0, y, m, log_sz, data, fd, spec, shared_mask is not None, reml_j, max_iter,
+                                  tol, mesh=mesh)
             else:
-                res = _batch_general(th0, Binv0, y, m, data, spec, reml_j, max_iter, tol, mesh=mesh)
+                res = _batch_general(th0, Binv0, y, m, log_sz, data, spec, reml_j, max_iter, tol, mesh=mesh)
         res = jax.device_get(res)
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
@@ -334,14 +366,19 @@ def fit_batch_padded(
     x, f, it, st, beta, se, nat = (np.concatenate(out[k]) for k in out)
     x, f, beta, se, nat = (np.asarray(a, dtype=np.float64) for a in (x, f, beta, se, nat))
     st = st.astype(np.int32)
+    bad = np.zeros(B, bool) if bad is None else np.asarray(bad, bool)
     n_retry = 0
     if retry:
-        bad = np.nonzero(~np.isin(st, (CONVERGED, BOUNDARY)))[0]
-        if len(bad):
-            n_retry = len(bad)
-            _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
-            for i in bad:
+        fail = np.nonzero(~np.isin(st, (CONVERGED, BOUNDARY, INVALID)) & ~bad)[0]
+        if len(fail):
+            n_retry = len(fail)
+            _retry(model, source, fail, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
+            for i in fail:
                 nat[i] = np.asarray(_natural(jnp.asarray(x[i]), spec))
+    if bad.any():
+        for a in (x, f, beta, se, nat):
+            a[bad] = np.nan
+        st[bad], it[bad] = INVALID, 0
     return BatchResult(
         fixef=beta,
         se=se,

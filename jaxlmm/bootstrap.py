@@ -79,6 +79,6 @@ def parametric_bootstrap(result, n: int, seed: int = 0, **kwargs) -> BootstrapRe
     def source(idx):
         return simulate_padded(int(seed), jnp.asarray(idx), th, beta, data, mj, model.spec), None
 
-    batch = fit_batch_padded(model, source, int(n), reml=rec.reml, theta0=rec.theta, hess0=rec.hessian,
+    batch = fit_batch_padded(model, source, int(n), reml=rec.reml, theta0=rec.unit_theta, hess0=rec.unit_hessian,
                              shared_mask=m, **kwargs)
     return BootstrapResult(result, batch, seed)

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import LMMError
+from .checks import check_count, check_seed
+from .errors import ArgumentError, LMMError
 
-__all__ = ["compare", "lrt", "nested", "bootstrap_lrt"]
+__all__ = ["compare", "lrt", "nested", "bootstrap_lrt", "check_comparable"]
 
 
 def _mixture(small, big):
@@ -72,6 +73,39 @@ def nested(small, big):
     return True if (resid_ok and blocks_ok and fixed_ok) else None
 
 
+def _is_fit(r) -> bool:
+    return all(hasattr(r, a) for a in ("record", "model", "loglik", "info"))
+
+
+def _used_response(r):
+    a, info = r.model.arrays, r.info
+    return np.asarray(info.row_index), np.asarray(a.y)[info.row_s, info.row_t]
+
+
+def check_comparable(results, names=None) -> None:
+    """Every item is a fit, all by one method (REML or ML), all of the same response values on
+    the same rows: otherwise their likelihoods are not comparable."""
+    names = names or [f"model{i + 1}" for i in range(len(results))]
+    for name, r in zip(names, results):
+        if not _is_fit(r):
+            raise ArgumentError(f"{name} is a {type(r).__name__}, not a fitted model (the result of lmm.fit or "
+                                "Model.fit).")
+    r0 = results[0]
+    rows0, y0 = _used_response(r0)
+    for name, r in zip(names, results):
+        if r.reml != r0.reml:
+            raise LMMError(f"Model {name!r} was fitted by {'REML' if r.reml else 'ML'} and another is not: "
+                           "compare fits of one method.")
+        rows, y = _used_response(r)
+        if len(rows) != len(rows0) or not np.array_equal(rows, rows0) or not np.array_equal(y, y0):
+            raise LMMError(
+                f"Model {name!r} was fitted to other data than the first ({r.n_obs} rows of "
+                f"{r.info.formula.response!r} vs {r0.n_obs} of {r0.info.formula.response!r}, or other values or "
+                "rows); likelihoods of different data are not comparable. Fit every model to the same rows (drop "
+                "rows with a missing value in any model's columns first)."
+            )
+
+
 def lrt(small, big) -> dict:
     """Likelihood-ratio test of ``small`` nested in ``big`` (boundary-aware, see module doc).
 
@@ -88,6 +122,7 @@ def lrt(small, big) -> dict:
     >>> lrt(small, lmm.fit("y ~ time + arm + csh(visit | subject)", df))["df"]
     3
     """
+    check_comparable([small, big], ["small", "big"])
     stat = max(2.0 * (big.loglik - small.loglik), 0.0)
     df = (big.n_theta + (0 if big.reml else big.p)) - (small.n_theta + (0 if small.reml else small.p))
     mix = _mixture(small, big)
@@ -126,14 +161,9 @@ def compare(*results, names=None) -> pd.DataFrame:
     names = list(names) if names is not None else [f"model{i + 1}" for i in range(len(results))]
     if len(names) != len(results):
         raise LMMError(f"names has {len(names)} entries for {len(results)} models.")
+    check_comparable(results, names)
     r0 = results[0]
     for name, r in zip(names, results):
-        if r.reml != r0.reml:
-            raise LMMError(f"Model {name!r} was fitted by {'REML' if r.reml else 'ML'} and another is not: "
-                           "compare fits of one method.")
-        if r.n_obs != r0.n_obs or r.info.formula.response != r0.info.formula.response:
-            raise LMMError(f"Model {name!r} uses other data ({r.n_obs} rows of {r.info.formula.response!r} vs "
-                           f"{r0.n_obs} of {r0.info.formula.response!r}); likelihoods are not comparable.")
         if r.reml and (r.info.fixed_names != r0.info.fixed_names):
             raise LMMError(
                 f"REML fits with different fixed effects cannot be compared (model {name!r} has "
@@ -176,8 +206,8 @@ def bootstrap_lrt(null, alt, n: int = 1000, seed: int = 0, **kwargs) -> dict:
     >>> 0 < out["p_value"] <= 1
     True
     """
-    if null.n_obs != alt.n_obs or null.reml != alt.reml:
-        raise LMMError("bootstrap_lrt needs two fits of the same data by the same method.")
+    check_comparable([null, alt], ["null", "alt"])
+    n, seed = check_count(n, "n"), check_seed(seed)
     if null.reml and null.info.fixed_names != alt.info.fixed_names:
         raise LMMError("REML fits with different fixed effects cannot be compared: refit with reml=False.")
     stat = max(2.0 * (alt.loglik - null.loglik), 0.0)

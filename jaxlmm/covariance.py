@@ -10,7 +10,10 @@ visit positions 0..T-1.  Each is a small frozen (hashable, static under jit) dat
 * ``from_natural(values)``      the inverse map (numpy, host side),
 * ``natural_matrix(values)``    T x T covariance from natural parameters (jax; used by profiles),
 * ``natural_bounds()``          (lower, upper) of each natural parameter,
-* ``start(S)``                  unconstrained start from an empirical covariance ``S`` (numpy).
+* ``start(S)``                  unconstrained start from an empirical covariance ``S`` (numpy),
+* ``scale_kinds()``             how each parameter moves when the response is multiplied by s:
+                                1 shifts by log s (a log SD), 2 is multiplied by s (a Cholesky
+                                entry), 0 does not move (a correlation).
 
 Parameterisations (SAS name, nlme/mmrm equivalent):
 
@@ -39,7 +42,6 @@ import numpy as np
 
 __all__ = ["STRUCTURES", "make_structure", "RandomBlock", "Identity", "Diag", "CS", "CSH", "AR1", "ARH1", "UN"]
 
-_TINY = 1e-12
 
 
 def _logit(p):
@@ -108,11 +110,18 @@ class _Structure:
     def is_boundary(self, theta):
         return jnp.asarray(False)
 
+    def scale_kinds(self):
+        # every structure with T standard deviations first and one correlation parameter last
+        return (1,) * self.T + (0,)
+
 
 @dataclass(frozen=True)
 class Identity(_Structure):
     name = "id"
     sas = "VC (sigma^2 I)"
+
+    def scale_kinds(self):
+        return (1,)
 
     @property
     def n_params(self):
@@ -151,6 +160,9 @@ class Identity(_Structure):
 class Diag(_Structure):
     name = "diag"
     sas = "UN(1)"
+
+    def scale_kinds(self):
+        return (1,) * self.T
 
     @property
     def n_params(self):
@@ -198,6 +210,9 @@ def _cs_rho(z, T):
 class CS(_Structure):
     name = "cs"
     sas = "CS"
+
+    def scale_kinds(self):
+        return (1, 0)
 
     @property
     def n_params(self):
@@ -296,6 +311,9 @@ class AR1(_Structure):
     name = "ar1"
     sas = "AR(1)"
 
+    def scale_kinds(self):
+        return (1, 0)
+
     @property
     def n_params(self):
         return 2
@@ -379,6 +397,12 @@ class ARH1(_Structure):
 class UN(_Structure):
     name = "un"
     sas = "UN"
+
+    def scale_kinds(self):
+        kinds = [2] * self.n_params
+        for i in _diag_positions(self.T):
+            kinds[i] = 1
+        return tuple(kinds)
 
     @property
     def n_params(self):
@@ -496,6 +520,14 @@ class RandomBlock:
         k = self.k
         return k * (k + 1) // 2 if self.correlated else k
 
+    def scale_rows(self):
+        """The column of ``L`` whose scale each parameter carries: an entry ``L_ij`` (row ``i``)
+        is multiplied by ``s_y / s_i`` when the response is multiplied by ``s_y`` and column
+        ``i`` of the block's design by ``s_i``."""
+        if not self.correlated:
+            return np.arange(self.k)
+        return np.tril_indices(self.k)[0]
+
     def natural_matrix(self, v):
         if not self.correlated:
             return jnp.diag(v**2)
@@ -537,7 +569,8 @@ class RandomBlock:
         if not self.correlated:
             return sd
         denom = sd[:, None] * sd[None, :]
-        C = jnp.where(denom > _TINY, G / jnp.where(denom > _TINY, denom, 1.0), 0.0)
+        pos = denom > 0  # exactly 0 only where an SD is exactly 0 (any units)
+        C = jnp.where(pos, G / jnp.where(pos, denom, 1.0), 0.0)
         iu = np.triu_indices(self.k, 1)
         return jnp.concatenate([sd, C[iu]])
 

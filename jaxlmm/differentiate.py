@@ -54,7 +54,7 @@ from jax.scipy.linalg import cho_solve
 
 from .errors import DataError, LMMError
 from .fitting import start_values
-from .likelihood import LOG2PI, assemble, gls_pieces
+from .likelihood import LOG2PI, assemble, gls_beta, gls_pieces
 from .optimize import BOUNDARY, CONVERGED, newton
 from .spec import ModelData, ModelSpec
 
@@ -85,8 +85,7 @@ def _wdev(theta, data: ModelData, spec: ModelSpec, reml: bool, w):
 
 
 def _wbeta(theta, data: ModelData, spec: ModelSpec, w):
-    A, b = gls_pieces(theta, data, spec, w)[:2]
-    return cho_solve((jnp.linalg.cholesky(A), True), b)
+    return gls_beta(*gls_pieces(theta, data, spec, w)[:2])
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,7 +510,7 @@ def fixed_effects_vcov(theta, data: ModelData, spec: ModelSpec, weights=None):
     data = _masked(_check_data(data, spec))
     w = _check_weights(weights, data.y.shape[0], data.y.dtype, spec)
     A = gls_pieces(_check_theta(theta, spec, "theta"), data, spec, w).A
-    return cho_solve((jnp.linalg.cholesky(A), True), jnp.eye(A.shape[0], dtype=A.dtype))
+    return gls_beta(A, jnp.eye(A.shape[0], dtype=A.dtype))
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-__all__ = ["LMMError", "FormulaError", "DataError", "ConvergenceWarning"]
+__all__ = ["LMMError", "FormulaError", "DataError", "ArgumentError", "ConvergenceWarning"]
 
 
 class LMMError(ValueError):
@@ -18,6 +18,10 @@ class FormulaError(LMMError):
 
 class DataError(LMMError):
     """The data cannot support the requested model (missing columns, bad values, too few subjects)."""
+
+
+class ArgumentError(LMMError, TypeError):
+    """A public function got an argument of the wrong type or value (also a ``TypeError``)."""
 
 
 class ConvergenceWarning(UserWarning):

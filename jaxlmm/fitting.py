@@ -12,6 +12,15 @@ A model's arrays are turned once into the payload that evaluates its likelihood 
 
 Every later computation on the fit (inference, profiles) uses the same payload, so it reuses
 the compiled likelihood of the fit instead of compiling another layout.
+
+Units.  The optimiser never sees the units of the data: it works on ``theta_u`` with
+``theta = mult * theta_u + shift`` (:meth:`~jaxlmm.spec.ModelSpec.unit_scaling`), the
+parameters of the same model for the response divided by ``s_y`` (the RMS of its OLS
+residuals) and each random-effect column divided by its RMS, and on the deviance less its
+shift under that scaling, ``2 (N - p [REML]) log s_y``.  Steps, tolerances, start values and
+boundary checks are therefore the same for ``y`` and ``c y`` (and for a covariate in other
+units): fitting ``c y`` gives ``c beta``, ``c`` times the SDs, the same correlations and the
+deviance plus ``2 (N - p [REML]) log c``, for any ``c`` float64 can hold.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .likelihood import beta_vcov, deviance, flat_payload
-from .optimize import BOUNDARY, CONVERGED, minimize_host, newton
+from .optimize import BOUNDARY, CONVERGED, NON_FINITE, minimize_host, newton
 from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, pattern_response_np
 from .spec import ModelData
 
-__all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start"]
+__all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
+           "ols_log_scale", "column_log_scales", "unit_scaled"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class FitRecord:
     ``theta``, ``layout`` of the likelihood, ``optimizer`` ("newton": exact Hessians;
     "bfgs+newton": BFGS, then Newton steps with finite-difference Hessians of exact gradients),
     ``start`` ("moments", "user", or "neutral" when the first attempt failed and the fit was
-    retried without correlations), ``attempts``."""
+    retried without correlations), ``attempts``; ``scale`` and ``offset``: the map
+    ``theta = scale * theta_u + offset`` to the unit-scale parameters the optimiser used."""
 
     theta: np.ndarray
     beta: np.ndarray
@@ -56,9 +67,16 @@ class FitRecord:
     start: str
     attempts: int
     optimizer: str = "newton"
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def __post_init__(self):
-        for name in ("theta", "beta", "vcov", "gradient", "hessian"):
+        k = len(np.atleast_1d(self.theta))
+        if self.scale is None:
+            object.__setattr__(self, "scale", np.ones(k))
+        if self.offset is None:
+            object.__setattr__(self, "offset", np.zeros(k))
+        for name in ("theta", "beta", "vcov", "gradient", "hessian", "scale", "offset"):
             a = np.array(getattr(self, name), dtype=float)
             a.flags.writeable = False
             object.__setattr__(self, name, a)
@@ -66,6 +84,23 @@ class FitRecord:
     @property
     def converged(self) -> bool:
         return self.status in (CONVERGED, BOUNDARY)
+
+    @property
+    def unit_theta(self) -> np.ndarray:
+        """``theta`` in the optimiser's unit-scale parameters."""
+        return (self.theta - self.offset) / self.scale
+
+    @property
+    def unit_hessian(self) -> np.ndarray:
+        """The Hessian in the optimiser's unit-scale parameters."""
+        return self.hessian * np.outer(self.scale, self.scale)
+
+    def theta_covariance(self) -> np.ndarray:
+        """``2 H^-1``, the asymptotic covariance of ``theta`` (a pseudo-inverse where the fit is
+        singular), computed in the unit-scale parameters so that which directions count as
+        flat does not depend on the units of the data."""
+        H = 0.5 * (self.unit_hessian + self.unit_hessian.T)
+        return 2.0 * np.linalg.pinv(H, rcond=1e-10, hermitian=True) * np.outer(self.scale, self.scale)
 
 
 def make_payload(arrays: ModelData, spec):
@@ -85,17 +120,18 @@ def make_payload(arrays: ModelData, spec):
 
 
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))
-def _fit_compiled(theta0, payload, spec, reml, max_iter: int, tol: float):
-    """Damped Newton with the exact Hessian at every step, in one compiled program."""
-    obj = lambda th: deviance(th, payload, spec, reml)  # noqa: E731
-    res = newton(obj, theta0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
-    beta, vcov = beta_vcov(res.x, payload, spec)
+def _fit_compiled(u0, mult, shift, dev0, payload, spec, reml, max_iter: int, tol: float):
+    """Damped Newton with the exact Hessian at every step, in one compiled program, on the
+    unit-scale parameters ``u`` (``theta = mult * u + shift``)."""
+    obj = lambda u: deviance(mult * u + shift, payload, spec, reml) - dev0  # noqa: E731
+    res = newton(obj, u0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = beta_vcov(mult * res.x + shift, payload, spec)
     return res, beta, vcov
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def _value_and_grad(theta, payload, spec, reml):
-    return jax.value_and_grad(deviance)(theta, payload, spec, reml)
+def _value_and_grad(u, mult, shift, dev0, payload, spec, reml):
+    return jax.value_and_grad(lambda v: deviance(mult * v + shift, payload, spec, reml) - dev0)(u)
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -103,33 +139,95 @@ def _beta_vcov(theta, payload, spec):
     return beta_vcov(theta, payload, spec)
 
 
-def _fit_host(theta0, payload, spec, reml, max_iter: int, tol: float):
+def _fit_host(u0, mult, shift, dev0, payload, spec, reml, max_iter: int, tol: float):
     """Models with nested or crossed factors: :func:`jaxlmm.optimize.minimize_host` around one
     compiled value-and-gradient (an automatic Hessian of the level-2 system compiles several
     times longer and costs many gradients); the record's Hessian is then a finite-difference
     Hessian of exact gradients at the optimum."""
-    res = minimize_host(lambda th: _value_and_grad(th, payload, spec, reml), np.asarray(theta0), max_iter=max_iter,
-                        tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
-    beta, vcov = _beta_vcov(res.x, payload, spec)
+    res = minimize_host(lambda u: _value_and_grad(u, mult, shift, dev0, payload, spec, reml), np.asarray(u0),
+                        max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
+    beta, vcov = _beta_vcov(mult * jnp.asarray(res.x) + shift, payload, spec)
     return res, beta, vcov
+
+
+def ols_log_scale(y, m, X, xp=np):
+    """``log`` of the RMS of the OLS residuals of ``y`` on ``X`` over the observed cells (mask
+    ``m``): the response's scale, free of its mean and of any shift by the fixed effects.
+    Falls back to the RMS of ``y``, then to 1, when the residuals vanish (returned as the
+    second value, ``exact``: the fixed effects fit ``y`` exactly).  ``xp`` is numpy (host) or
+    ``jax.numpy`` (inside a compiled batch)."""
+    Xm = X * m[..., None]
+    ym = y * m
+    p = X.shape[-1]
+    Xf, yf = Xm.reshape(-1, p), ym.reshape(-1)
+    A = Xf.T @ Xf
+    d = xp.sqrt(xp.diagonal(A))
+    d = xp.where(d > 0, d, 1.0)
+    beta = xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p), (Xf.T @ yf) / d) / d
+    r = yf - Xf @ beta
+    n = xp.maximum(xp.sum(m), 1.0)
+    ms = xp.sum(r * r) / n
+    my = xp.sum(yf * yf) / n
+    exact = ~(ms > 1e-24 * my)
+    ms = xp.where(exact, xp.where(my > 0, my, 1.0), ms)
+    return 0.5 * xp.log(ms), exact
+
+
+def column_log_scales(data: ModelData, spec) -> np.ndarray:
+    """``log`` of the RMS over the observed cells of every random-effect column (blocks in
+    order); 0 for a column that is zero everywhere."""
+    m = np.asarray(data.m)
+    n = max(float(m.sum()), 1.0)
+    out = []
+    for zz in block_columns(data, spec):
+        ms = np.sum(zz * zz * m[..., None], axis=(0, 1)) / n
+        out.append(np.where(ms > 0, 0.5 * np.log(np.where(ms > 0, ms, 1.0)), 0.0))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def unit_scaled(data: ModelData, spec, log_sy, log_sz) -> ModelData:
+    """``data`` with the response divided by ``exp(log_sy)`` and every random-effect column by
+    its scale (host arrays)."""
+    sz = np.exp(np.asarray(log_sz))
+    z1, z2, o = [], [], 0
+    for j, b in enumerate(spec.blocks):
+        (z2 if spec.plan is not None and j not in spec.level1 else z1).append((j, sz[o : o + b.k]))
+        o += b.k
+    s1 = np.concatenate([s for _, s in sorted(z1)]) if z1 else np.zeros(0)
+    out = data._replace(y=np.asarray(data.y) / np.exp(log_sy), Z=np.asarray(data.Z) / s1 if len(s1) else data.Z)
+    if spec.plan is not None and data.Z2 is not None:
+        order = [j for f in spec.plan.factors for j in f.blocks]
+        s2 = np.concatenate([dict(z2)[j] for j in order])
+        out = out._replace(Z2=np.asarray(data.Z2) / s2)
+    return out
 
 
 def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None, max_iter: int = 200,
                tol: float = 1e-11, retry: bool = True) -> FitRecord:
     """Full Newton fit of one dataset (host arrays with X, Z, y zero in masked cells).
 
-    ``payload`` (from :func:`make_payload`) is built when not given.  A failed fit is retried
-    once from a start without correlations."""
+    ``payload`` (from :func:`make_payload`) is built when not given.  The optimiser works on
+    unit-scale parameters (see the module docstring).  A failed fit is retried once from a
+    start without correlations."""
     guard_memory_maps()
     layout, pay = make_payload(arrays, spec) if payload is None else payload
+    m, X = np.asarray(arrays.m), np.asarray(arrays.X)
+    log_sy, exact = ols_log_scale(np.asarray(arrays.y), m, X)
+    log_sy = float(log_sy)
+    log_sz = column_log_scales(arrays, spec)
+    mult, shift = (np.asarray(a) for a in spec.unit_scaling(log_sy, log_sz))
+    dev0 = 2.0 * (float(m.sum()) - (X.shape[-1] if reml else 0)) * log_sy
 
     fit_fn = _fit_compiled if spec.plan is None else _fit_host
 
-    def run(th):
-        return fit_fn(jnp.asarray(th), pay, spec, jnp.asarray(bool(reml)), max_iter, tol)
+    def run(u):
+        return fit_fn(jnp.asarray(u), jnp.asarray(mult), jnp.asarray(shift), jnp.asarray(dev0), pay, spec,
+                      jnp.asarray(bool(reml)), max_iter, tol)
 
-    start = start_values(arrays, spec) if theta0 is None else np.asarray(theta0, dtype=float)
-    how = "moments" if theta0 is None else "user"
+    if theta0 is None:
+        start, how = start_values(unit_scaled(arrays, spec, log_sy, log_sz), spec), "moments"
+    else:
+        start, how = (np.asarray(theta0, dtype=float) - shift) / mult, "user"
     res, beta, vcov = run(start)
     attempts = 1
     if retry and int(res.status) not in (CONVERGED, BOUNDARY):
@@ -137,10 +235,13 @@ def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None
         attempts = 2
         if int(res2.status) in (CONVERGED, BOUNDARY) or float(res2.fun) < float(res.fun):
             res, beta, vcov, how = res2, beta2, vcov2, "neutral"
-    return FitRecord(theta=np.asarray(res.x), beta=np.asarray(beta), vcov=np.asarray(vcov), deviance=float(res.fun),
-                     reml=bool(reml), status=int(res.status), n_iter=int(res.n_iter), gradient=np.asarray(res.grad),
-                     hessian=np.asarray(res.hess), layout=layout, start=how, attempts=attempts,
-                     optimizer="newton" if spec.plan is None else "bfgs+newton")
+    u = np.asarray(res.x)
+    status = NON_FINITE if exact else int(res.status)  # y = X beta exactly: the likelihood is unbounded
+    return FitRecord(theta=mult * u + shift, beta=np.asarray(beta), vcov=np.asarray(vcov),
+                     deviance=float(res.fun) + dev0, reml=bool(reml), status=status, n_iter=int(res.n_iter),
+                     gradient=np.asarray(res.grad) / mult, hessian=np.asarray(res.hess) / np.outer(mult, mult),
+                     layout=layout, start=how, attempts=attempts,
+                     optimizer="newton" if spec.plan is None else "bfgs+newton", scale=mult, offset=shift)
 
 
 def start_values(data: ModelData, spec) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Parse ``"y ~ fixed + (re | g) + un(visit | subject)"`` into its three parts.
 
-The fixed part is handed to formulaic unchanged (treatment contrasts, ``C()``, interactions,
-transforms).  Random terms follow lme4: ``(1 | g)``, ``(0 + x | g)``, ``(1 + x | g)`` /
+The fixed part is handed to formulaic (treatment contrasts, ``C()``, interactions,
+transforms), with one change for R users: ``^`` inside a call such as ``I(age^2)`` is a power
+(Python's ``**``), not Python's bitwise XOR.  Column names may be quoted in backticks.  Random terms follow lme4: ``(1 | g)``, ``(0 + x | g)``, ``(1 + x | g)`` /
 ``(x | g)`` (intercept implied), ``(1 + x || g)`` (uncorrelated).  The grouping factor may be
 an interaction ``a:b`` (one level per observed combination) or nested ``a/b``, which expands as
 in lme4 to the two terms ``(... | a) + (... | b:a)``; ``a/b/c`` gives ``a``, ``b:a`` and
@@ -32,6 +33,41 @@ COVARIANCE_NAMES = {
 }
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+
+
+def _column(name: str) -> str | None:
+    """The column a name in the formula refers to: a plain name (any Unicode identifier, dots
+    allowed, as R), or any text quoted in backticks (``\`my col\```); None if it is neither."""
+    name = name.strip()
+    if len(name) > 2 and name[0] == name[-1] == "`" and "`" not in name[1:-1]:
+        return name[1:-1]
+    if _NAME.match(name) or name.replace(".", "_").isidentifier():
+        return name
+    return None
+
+
+def _python_powers(term: str) -> str:
+    """``^`` inside a function call or ``{...}`` of a fixed-effects term means a power, as in R
+    (``I(age^2)`` is age squared): rewritten to Python's ``**``.  Outside calls ``^`` keeps
+    formulaic's meaning, the interactions up to an order (``(a + b)^2``)."""
+    out, stack, quote = [], [], None
+    for i, ch in enumerate(term):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            before = term[:i].rstrip()
+            stack.append("call" if before and (before[-1].isalnum() or before[-1] in "_.") else "group")
+        elif ch == "{":
+            stack.append("call")
+        elif ch in ")}" and stack:
+            stack.pop()
+        elif ch == "^" and "call" in stack:
+            out.append("**")
+            continue
+        out.append(ch)
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -186,8 +222,10 @@ def parse_formula(formula: str) -> ParsedFormula:
     response = lhs.strip()
     if not response:
         raise _caret(text, 0, "Formula has no response left of '~': write 'y ~ ...'.")
-    if not _NAME.match(response):
-        raise _caret(text, 0, f"The response {response!r} must be a column name (transform the column first).")
+    if _column(response) is None:
+        raise _caret(text, 0, f"The response {response!r} must be a column name (transform the column first, e.g. "
+                              "df['log_y'] = np.log(df['y']); quote a name with spaces in backticks: `my y`).")
+    response = _column(response)
     if not rhs.strip():
         raise _caret(text, len(text), "Formula has nothing right of '~': add terms, or '1' for intercept only.")
 
@@ -234,12 +272,14 @@ def parse_formula(formula: str) -> ParsedFormula:
                 visit, subject = visit.strip(), subject.strip()
                 if not correlated:
                     raise _caret(text, pos, f"Covariance term {term!r} uses '||'; write {name}(visit | subject).")
-                if not _NAME.match(visit) or not _NAME.match(subject):
+                if _column(visit) is None or _column(subject) is None:
                     raise _caret(
                         text,
                         pos,
-                        f"Covariance term {term!r} must be {name}(visit | subject) with one column on each side.",
+                        f"Covariance term {term!r} must be {name}(visit | subject) with one column on each side "
+                        "(quote a name with spaces in backticks).",
                     )
+                visit, subject = _column(visit), _column(subject)
                 if visit == subject:
                     raise _caret(
                         text,
@@ -259,7 +299,7 @@ def parse_formula(formula: str) -> ParsedFormula:
                 "(expr | group), on their own (drop the intercept with '0 +' in the fixed part).",
             )
         _check_syntax(term, text, pos, f"the fixed-effects term {term!r}")
-        fixed_terms.append(term)
+        fixed_terms.append(_python_powers(term))
     fixed = " + ".join(fixed_terms) if fixed_terms else "1"
     return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random), cov=cov)
 
@@ -269,8 +309,8 @@ def _grouping(grp: str, term: str, text: str, pos: int) -> list[tuple[str, ...]]
     ``[("a",)]``, ``"a:b"`` -> ``[("a", "b")]``, ``"a/b"`` -> ``[("a",), ("b",)]``."""
     levels = []
     for part in grp.split("/"):
-        cols = tuple(c.strip() for c in part.split(":"))
-        if not all(_NAME.match(c) for c in cols):
+        cols = tuple(_column(c) for c in part.split(":"))
+        if not all(cols):
             raise _caret(
                 text, pos,
                 f"Random term {term!r}: the grouping factor right of '|' must be a column name, an interaction of "

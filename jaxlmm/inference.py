@@ -89,8 +89,7 @@ def satterthwaite_pieces(result):
     ``result.satterthwaite``."""
     rec = result.record
     phi, jac = _phi_and_jacobian(jnp.asarray(rec.theta), result.model.payload[1], result.model.spec)
-    H = 0.5 * (rec.hessian + rec.hessian.T)
-    cov_theta = 2.0 * np.linalg.pinv(H, rcond=1e-10, hermitian=True)
+    cov_theta = rec.theta_covariance()
     return np.asarray(phi), np.asarray(jac), cov_theta
 
 
@@ -207,11 +206,13 @@ class KenwardRoger:
             raise LMMError(f"{e} Kenward-Roger is not available for this model; use ddf='satterthwaite'.") from None
         Phi, P, Q, R2, IE = (np.asarray(a) for a in _kr_pieces(phi, cl, spec))
         if information == "expected":
-            W = np.linalg.pinv(0.5 * (IE + IE.T), rcond=1e-12, hermitian=True)
+            IE = 0.5 * (IE + IE.T)
+            e = np.sqrt(np.abs(np.diag(IE)))
+            e = np.where(e > 0, e, 1.0)  # equilibrated: the cut does not depend on the units
+            W = np.linalg.pinv(IE / np.outer(e, e), rcond=1e-12, hermitian=True) / np.outer(e, e)
         else:  # observed: 2 H^-1 of -2 log L, carried from theta to phi by the delta method
             J = np.asarray(jax.jacfwd(spec.sas_params)(th))
-            H = result.record.hessian
-            W = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
+            W = J @ result.record.theta_covariance() @ J.T
         inner = np.einsum("rs,rspq->pq", W, Q) - np.einsum("rs,rpa,ab,sbq->pq", W, P, Phi, P)
         if not linear:
             inner = inner - 0.25 * np.einsum("rs,rspq->pq", W, R2)
@@ -449,7 +450,7 @@ def satterthwaite_df_batch(model, theta, Y, L, reml: bool = True) -> np.ndarray:
     """
     from .batch import responses_to_padded
 
-    y, m = responses_to_padded(model.info, Y)
+    y, m, _ = responses_to_padded(model.info, Y)
     theta = np.atleast_2d(np.asarray(theta, dtype=float))
     L = np.atleast_2d(np.asarray(L, dtype=float))
     out = _satterthwaite_batch(jnp.asarray(theta), jnp.asarray(y), jnp.asarray(m), model.arrays.to_jax(),

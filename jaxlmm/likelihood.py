@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from .errors import LMMError
 from .patterns import Patterns, pattern_pieces
@@ -37,7 +37,7 @@ from .pls import Level2Blocks, aggregate, eliminate, response_blocks
 from .spec import LOG2PI, ModelData, ModelSpec, NaturalSpec, marginal_cov
 
 __all__ = ["ModelData", "ModelSpec", "NaturalSpec", "Pieces", "FlatData", "ClusterLayout", "LOG2PI",
-           "gls_pieces", "assemble", "deviance", "beta_vcov", "blups", "flat_payload", "flat_response",
+           "gls_pieces", "gls_factor", "gls_beta", "assemble", "deviance", "beta_vcov", "blups", "flat_payload", "flat_response",
            "cluster_layout", "marginal_cov"]
 
 
@@ -111,16 +111,32 @@ def gls_pieces(theta, payload, spec, weights=None, unroll: bool = False) -> Piec
     return _subject_pieces(theta, payload, spec, weights)
 
 
+def gls_factor(A):
+    """``(L, d)`` with ``A = D L L' D``, ``D = diag(d)``, ``d = sqrt(diag A)``: the Cholesky factor
+    of ``A`` equilibrated to a unit diagonal, so that fixed-effect columns on very different
+    scales (a covariate in grams next to one in tonnes) do not spoil the factorisation."""
+    d = jnp.sqrt(jnp.diagonal(A))
+    d = jnp.where(d > 0, d, 1.0)
+    return jnp.linalg.cholesky(A / (d[:, None] * d[None, :])), d
+
+
+def gls_beta(A, b):
+    """``A^-1 b`` through :func:`gls_factor`."""
+    L, d = gls_factor(A)
+    return cho_solve((L, True), b / d) / d
+
+
 def assemble(pieces: Pieces, reml) -> jax.Array:
     """The deviance (``-2 log L``, or ``-2 log L_R`` when ``reml``) from the GLS pieces.
 
     ``reml`` may be a Python bool or a traced flag (one compiled program serves both)."""
     A, b, c, logdet, n = pieces
-    LA = jnp.linalg.cholesky(A)
-    u = solve_triangular(LA, b, lower=True)
+    LA, d = gls_factor(A)
+    u = solve_triangular(LA, b / d, lower=True)
     dev = logdet + c - jnp.dot(u, u) + n * LOG2PI
     p = A.shape[0]
-    return dev + jnp.where(reml, 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) - p * LOG2PI, 0.0)
+    logdet_A = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LA))) + 2.0 * jnp.sum(jnp.log(d))
+    return dev + jnp.where(reml, logdet_A - p * LOG2PI, 0.0)
 
 
 def deviance(theta, payload, spec, reml=True, weights=None, unroll: bool = False):
@@ -134,8 +150,8 @@ def deviance(theta, payload, spec, reml=True, weights=None, unroll: bool = False
 def beta_vcov(theta, payload, spec, weights=None):
     """GLS estimate beta_hat = A^-1 b and its model-based covariance A^-1."""
     A, b = gls_pieces(theta, payload, spec, weights)[:2]
-    LA = jnp.linalg.cholesky(A)
-    Ainv = jax.scipy.linalg.cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype))
+    LA, d = gls_factor(A)
+    Ainv = cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype)) / (d[:, None] * d[None, :])
     return Ainv @ b, Ainv
 
 

@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 
 from .batch import fit_batch_padded, responses_to_padded
+from .checks import (as_frame, check_bool, check_choice, check_count, check_keywords, check_number, check_seed,
+                     check_vector)
 from .design import build_design, check_columns
-from .errors import ConvergenceWarning
+from .errors import ConvergenceWarning, DataError
 from .fitting import fit_arrays, make_payload
 from .optimize import BOUNDARY, STATUS
 from .results import LMMResult
-from .simulate import padded_to_rows, params_to_unconstrained, simulate_padded
+from .simulate import padded_to_rows, params_to_unconstrained, simulate_frame, simulate_padded
 
 __all__ = ["Model", "fit"]
 
@@ -49,6 +51,8 @@ class Model:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, engine: str = "auto"):
+        data = as_frame(data, "data")
+        engine = check_choice(engine, "engine", ("auto", "general"))
         self.formula = formula
         self.data = data
         self.engine = engine
@@ -62,10 +66,16 @@ class Model:
         ``start`` optionally gives unconstrained starting values.  A fit that does not converge
         returns ``converged=False``, its status in the summary, and a ``ConvergenceWarning``.
         """
+        reml, warn = check_bool(reml, "reml"), check_bool(warn, "warn")
+        max_iter, tol = check_count(max_iter, "max_iter"), check_number(tol, "tol", 0.0, 1e-2)
+        if start is not None:
+            k = self.spec.n_theta
+            start = check_vector(start, "start", k, f" (the unconstrained covariance parameters, in the order of "
+                                                    f"res.theta_unconstrained: {k} for this model)")
         if not self.has_response:
             check_columns([self.info.formula.response], self.data, "response")
-        rec = fit_arrays(self.arrays, self.spec, reml, start, payload=self.payload, max_iter=int(max_iter),
-                         tol=float(tol), retry=start is None)
+        rec = fit_arrays(self.arrays, self.spec, reml, start, payload=self.payload, max_iter=max_iter,
+                         tol=tol, retry=start is None)
         out = LMMResult(self, rec, ddf_method=ddf)
         if warn and rec.status == BOUNDARY:
             warnings.warn(
@@ -90,11 +100,22 @@ class Model:
         return make_payload(self.arrays, self.spec)
 
     # ---- batches and simulation ------------------------------------------------------
-    def pilot(self, y, m, reml):
-        """A full Newton fit of one padded response ``y`` with mask ``m``: (theta, Hessian), the
-        start and curvature for a batch."""
-        rec = fit_arrays(self.arrays.masked(m)._replace(y=y * m), self.spec, reml)
-        return rec.theta, rec.hessian
+    def pilot(self, y, m, reml, candidates=None):
+        """A full Newton fit of the first replicate among ``candidates`` (all, by default) whose
+        fit converges: (theta, Hessian) in unit-scale parameters, the start and curvature for a
+        batch.  It depends only on that replicate, so a good replicate's result does not depend
+        on the bad ones beside it."""
+        idx = np.arange(len(y)) if candidates is None else np.asarray(candidates)
+        rec = None
+        for i in idx[:8]:
+            rec = fit_arrays(self.arrays.masked(m[i])._replace(y=y[i] * m[i]), self.spec, reml)
+            if rec.converged:
+                break
+        if rec is None or not rec.converged:
+            rec = fit_arrays(self.arrays, self.spec, reml) if self.has_response else rec
+        if rec is None:
+            raise DataError("No replicate of Y can be fitted (each has an infinite value or too few observed values).")
+        return rec.unit_theta, rec.unit_hessian
 
     def fit_batch(self, Y, reml: bool = True, *, start=None, chunk_size=None, memory_budget=2e9,
                   progress=None, devices=None, dtype="float64", max_iter: int = 60):
@@ -104,11 +125,13 @@ class Model:
         ----------
         Y : array [B, n_rows]
             Responses aligned with the rows of the model's data; NaN marks a missing cell
-            (each replicate may have its own).
+            (each replicate may have its own).  A replicate with an infinite value, or with no
+            more observed values than fixed effects, is not fitted: its row of the result is
+            NaN with status ``"invalid data"``.
         reml : bool
         start : LMMResult, optional
-            A fit whose estimates and Hessian start every replicate (default: a full Newton fit
-            of the first replicate).
+            A fit whose estimates and Hessian start every replicate, each on its own scale
+            (default: a full Newton fit of the first replicate that can be fitted).
         chunk_size, memory_budget : int, float
             Replicates per compiled call (default: from ``memory_budget`` bytes, at most 4096).
         progress : bool or None
@@ -122,26 +145,38 @@ class Model:
         Returns
         -------
         BatchResult
+            A good replicate's result is the same bit for bit whatever else is in the batch.
         """
-        y, m = responses_to_padded(self.info, Y)
+        reml = check_bool(reml, "reml")
+        max_iter = check_count(max_iter, "max_iter")
+        dtype = check_choice(dtype if isinstance(dtype, str) else jnp.dtype(dtype).name, "dtype", ("float64", "float32"))
+        y, m, bad = responses_to_padded(self.info, Y)
         B = y.shape[0]
-        shared = bool(np.all(m == m[:1]))
+        good = np.nonzero(~bad)[0]
+        if len(good) == 0:
+            raise DataError("No replicate of Y can be fitted: each has an infinite value or no more observed values "
+                            f"than the {len(self.info.fixed_names)} fixed effects.")
         if start is not None:
-            theta0, hess0 = start.record.theta, start.record.hessian
+            theta0, hess0 = start.record.unit_theta, start.record.unit_hessian
         else:
-            theta0, hess0 = self.pilot(y[0], m[0], reml)
+            theta0, hess0 = self.pilot(y, m, reml, candidates=good)
+        if bad.any():  # computed on a good replicate's data, reported as invalid
+            y, m = y.copy(), m.copy()
+            y[bad], m[bad] = y[good[0]], m[good[0]]
+        shared = bool(np.all(m == m[:1]))
 
         def source(idx):
             return y[idx], (None if shared else m[idx])
 
         return fit_batch_padded(
-            self, source, B, reml=reml, theta0=theta0, hess0=hess0, shared_mask=m[0] if shared else None,
+            self, source, B, reml=reml, theta0=theta0, hess0=hess0, shared_mask=m[0] if shared else None, bad=bad,
             chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, devices=devices,
             dtype=jnp.dtype(dtype), max_iter=max_iter,
         )
 
-    def simulate(self, params, n: int = 1, seed: int = 0) -> np.ndarray:
-        """Simulate ``n`` responses [n, n_rows] from given parameters (natural units).
+    def simulate(self, params, n: int = 1, seed: int = 0) -> pd.DataFrame:
+        """Simulate ``n`` responses from given parameters (natural units): a DataFrame indexed
+        like the data, columns ``sim_1`` ... ``sim_n`` (see :meth:`LMMResult.simulate`).
 
         ``params = {"fixef": {name: value}, "theta": {name: value}}`` with the names of
         ``res.fixef`` and ``res.theta`` (or arrays in that order), e.g. for ``ar1``:
@@ -149,13 +184,14 @@ class Model:
         the model (missing covariates) are NaN; the response column need not exist.
         Replicate r uses ``fold_in(PRNGKey(seed), r)``: identical whatever ``n``.
         """
+        n, seed = check_count(n, "n"), check_seed(seed)
         beta, th = params_to_unconstrained(self, params)
         a = self.arrays
         m = np.zeros_like(np.asarray(a.m))
         m[self.info.row_s, self.info.row_t] = 1.0  # every row with complete covariates
-        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(th), jnp.asarray(beta), a.to_jax(),
+        y = simulate_padded(seed, jnp.arange(n), jnp.asarray(th), jnp.asarray(beta), a.to_jax(),
                             jnp.asarray(m), self.spec)
-        return padded_to_rows(self.info, y, m)
+        return simulate_frame(padded_to_rows(self.info, y, m), self.data.index)
 
 
 def fit(formula: str, data: pd.DataFrame, reml: bool = True, **kwargs):
@@ -189,5 +225,6 @@ def fit(formula: str, data: pd.DataFrame, reml: bool = True, **kwargs):
     >>> res.n_groups
     150
     """
+    check_keywords(kwargs, "fit", ("engine", "ddf", "start", "max_iter", "tol", "warn"))
     engine = kwargs.pop("engine", "auto")
     return Model(formula, data, engine=engine).fit(reml=reml, **kwargs)

@@ -13,7 +13,9 @@ Stopping: the predicted decrease ``g' H+^-1 g / 2`` (the Newton decrement) falls
 0 converged; 1 converged on a boundary (singular random-effects covariance, |rho| -> 1);
 2 maximum iterations reached; 3 no further decrease possible before the tolerance was met;
 4 non-finite objective or derivatives, or a degenerate fit (the residual variance collapsed
-to ~0: the likelihood is unbounded).
+to ~0: the likelihood is unbounded); 5 (batches only) the replicate's data cannot be fitted
+(an infinite value, no more observed values than fixed effects, or a response that the
+fixed effects fit exactly, e.g. a constant): it was not fitted.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import jax.numpy as jnp
 
 __all__ = ["STATUS", "NewtonResult", "newton", "bfgs_warm", "psd_inverse", "minimize_host", "fd_hessian"]
 
-STATUS = {0: "converged", 1: "boundary (singular) fit", 2: "maximum iterations reached", 3: "no progress", 4: "non-finite"}
-CONVERGED, BOUNDARY, MAX_ITER, NO_PROGRESS, NON_FINITE = range(5)
+STATUS = {0: "converged", 1: "boundary (singular) fit", 2: "maximum iterations reached", 3: "no progress", 4: "non-finite",
+          5: "invalid data"}
+CONVERGED, BOUNDARY, MAX_ITER, NO_PROGRESS, NON_FINITE, INVALID = range(6)
 
 
 class NewtonResult(NamedTuple):

@@ -36,7 +36,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from scipy import stats
 
 from .errors import LMMError
-from .likelihood import assemble, gls_pieces
+from .likelihood import assemble, gls_factor, gls_pieces
 from .spec import NaturalSpec
 from .optimize import BOUNDARY, CONVERGED, newton
 
@@ -80,9 +80,9 @@ def _dev_rows(v, row, payload, nspec, bounds):
     fix_mask, cu, e, bval, reml, is_fixed = row
     u = jnp.where(fix_mask, cu, v)
     pieces = gls_pieces(_to_phi(u, bounds), payload, nspec)
-    LA = jnp.linalg.cholesky(pieces.A)
-    beta = cho_solve((LA, True), pieces.b)
-    w = solve_triangular(LA, e, lower=True)
+    LA, d = gls_factor(pieces.A)
+    beta = cho_solve((LA, True), pieces.b / d) / d
+    w = solve_triangular(LA, e / d, lower=True)
     ajj = jnp.where(is_fixed, jnp.dot(w, w), 1.0)
     return assemble(pieces, reml) + jnp.where(is_fixed, (bval - jnp.dot(e, beta)) ** 2 / ajj, 0.0)
 

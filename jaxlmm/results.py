@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .checks import as_frame, check_choice, check_count, check_keywords, check_seed
 from .design import check_columns, levels_of, new_design_rows
 from .errors import LMMError
 from .optimize import BOUNDARY, CONVERGED, STATUS
@@ -35,9 +36,8 @@ class LMMResult:
     """
 
     def __init__(self, model, record, ddf_method: str = "satterthwaite", kr_information: str = "auto"):
-        method = str(ddf_method).lower().replace("_", "-")
-        if method not in DDF_METHODS:
-            raise ValueError(f"ddf must be one of {DDF_METHODS}, not {ddf_method!r}")
+        method = check_choice(str(ddf_method).replace("_", "-") if isinstance(ddf_method, str) else ddf_method,
+                              "ddf", DDF_METHODS)
         if kr_information not in ("auto", "expected", "observed"):
             raise ValueError(f"kr_information must be 'auto', 'expected' or 'observed', not {kr_information!r}")
         self.model = model
@@ -456,8 +456,7 @@ class LMMResult:
         spec = self.model.spec
         th = jnp.asarray(self.record.theta)
         J = np.asarray(jax.jacfwd(spec.natural)(th))
-        H = self.record.hessian
-        cov = J @ (2.0 * np.linalg.pinv(0.5 * (H + H.T), rcond=1e-10, hermitian=True)) @ J.T
+        cov = J @ self.record.theta_covariance() @ J.T
         est = self.theta
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
         z = stats.norm.ppf(0.5 + level / 2)
@@ -669,32 +668,44 @@ class LMMResult:
                 out += np.einsum("nk,nk->n", Z2[s, t, zo : zo + f.k], re.b2[fi][lev[s, fi]])
         return out
 
-    def fitted(self, conditional: bool = True) -> pd.Series:
-        """Fitted values for the rows used in the fit (index = row position in the input data).
-        ``conditional=True`` adds the BLUPs of every grouping factor (``X beta + Z b``);
-        otherwise ``X beta``."""
+    def _input_rows(self, values, name) -> pd.Series:
+        """Values of the used rows as a Series over every input row (the input frame's index, NaN
+        for rows the fit did not use), so ``df["fit"] = res.fitted()`` always aligns."""
+        out = np.full(self.info.n_rows_input, np.nan)
+        out[self.info.row_index] = values
+        return pd.Series(out, index=self.model.data.index, name=name)
+
+    def _fitted_used(self, conditional: bool = True) -> np.ndarray:
         a, s, t = self._rows()
         f = np.asarray(a.X)[s, t] @ self.record.beta
         if conditional and self.model.spec.blocks:
             f = f + self._random_part()
-        return pd.Series(f, index=self.info.row_index, name="fitted")
+        return f
+
+    def fitted(self, conditional: bool = True) -> pd.Series:
+        """Fitted values, indexed like the input data (NaN for rows the fit did not use, e.g. a
+        missing response or covariate).  ``conditional=True`` adds the BLUPs of every grouping
+        factor (``X beta + Z b``); otherwise ``X beta``."""
+        return self._input_rows(self._fitted_used(conditional), "fitted")
 
     def residuals(self, kind: str = "response") -> pd.Series:
-        """Residuals of the rows used in the fit.
+        """Residuals, indexed like the input data (NaN for rows the fit did not use).
 
         ``"response"``: y - fitted (conditional on the BLUPs when there are random effects);
         ``"pearson"``: response residual / residual SD at that visit;
         ``"normalized"``: L_i^-1 r_i with R_i = L_i L_i' the subject's residual covariance block
         (uncorrelated, unit variance under the model; nlme's ``type = "normalized"``).
         """
+        if kind not in ("response", "pearson", "normalized"):
+            raise LMMError(f"kind must be 'response', 'pearson' or 'normalized', not {kind!r}.")
         a, s, t = self._rows()
-        r = np.asarray(a.y)[s, t] - self.fitted(conditional=True).to_numpy()
+        r = np.asarray(a.y)[s, t] - self._fitted_used(conditional=True)
         if kind == "response":
             out = r
         elif kind == "pearson":
             R = self.residual_covariance.to_numpy()
             out = r / np.sqrt(np.diag(R)[t])
-        elif kind == "normalized":
+        else:
             R = self.residual_covariance.to_numpy()
             T = self.info.T
             rr = np.zeros((self.info.S_pad, T))
@@ -704,17 +715,21 @@ class LMMResult:
             L = np.linalg.cholesky(Rs)
             z = np.linalg.solve(L, rr[..., None])[..., 0]
             out = z[s, t]
-        else:
-            raise ValueError(f"kind must be 'response', 'pearson' or 'normalized', not {kind!r}")
-        return pd.Series(out, index=self.info.row_index, name=f"{kind}_residual")
+        return self._input_rows(out, f"{kind}_residual")
 
-    def predict(self, newdata: pd.DataFrame | None = None, conditional: bool = True) -> np.ndarray:
-        """Predictions ``X beta`` (+ ``Z b`` of every grouping factor when ``conditional``).
+    def predict(self, newdata: pd.DataFrame | None = None, conditional: bool = True) -> pd.Series:
+        """Predictions ``X beta`` (+ ``Z b`` of every grouping factor when ``conditional``),
+        indexed like ``newdata`` (without it: :meth:`fitted`).
         A level that was not in the fit (a new subject, school, item) gets the population
         prediction for that factor only: its random effects count as 0, those of the other
-        factors still apply; a row whose grouping columns are missing counts as a new level."""
+        factors still apply; a row whose grouping columns are missing counts as a new level.
+        A level of a fixed-effect factor that the fit never saw is refused."""
         if newdata is None:
-            return self.fitted(conditional=conditional).to_numpy()
+            return self.fitted(conditional=conditional)
+        newdata = as_frame(newdata, "newdata")
+        return pd.Series(self._predict_rows(newdata, conditional), index=newdata.index, name="predicted")
+
+    def _predict_rows(self, newdata, conditional):
         import formulaic
 
         pf = self.info.formula
@@ -744,17 +759,20 @@ class LMMResult:
         return pred
 
     # ---- simulation, refits, bootstrap ------------------------------------------------
-    def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
-        """Simulate ``n`` responses [n, n_rows] from the fitted model (random effects drawn too).
+    def simulate(self, n: int = 1, seed: int = 0) -> pd.DataFrame:
+        """Simulate ``n`` responses from the fitted model (random effects drawn too), as lme4's
+        ``simulate``: a DataFrame indexed like the input data with columns ``sim_1`` ...
+        ``sim_n`` (``df["y_sim"] = sims["sim_1"]`` aligns); ``fit_batch`` takes it as it is.
 
         NaN where the data row had a missing response (or was not used), so a refit sees the
         same missing pattern.  Replicate r uses ``fold_in(PRNGKey(seed), r)``."""
-        from .simulate import padded_to_rows, simulate_padded
+        from .simulate import padded_to_rows, simulate_frame, simulate_padded
 
+        n, seed = check_count(n, "n"), check_seed(seed)
         a = self.model.arrays
-        y = simulate_padded(int(seed), jnp.arange(int(n)), jnp.asarray(self.record.theta),
+        y = simulate_padded(seed, jnp.arange(n), jnp.asarray(self.record.theta),
                             jnp.asarray(self.record.beta), a.to_jax(), jnp.asarray(a.m), self.model.spec)
-        return padded_to_rows(self.info, y, np.asarray(a.m))
+        return simulate_frame(padded_to_rows(self.info, y, np.asarray(a.m)), self.model.data.index)
 
     def refit(self, y) -> "LMMResult":
         """Fit the same model to a new response vector (aligned with the data rows)."""
@@ -772,7 +790,8 @@ class LMMResult:
         ``progress``, ``devices``, ``dtype``)."""
         from .bootstrap import parametric_bootstrap
 
-        return parametric_bootstrap(self, n, seed, **kwargs)
+        check_keywords(kwargs, "bootstrap", ("chunk_size", "progress", "devices", "dtype", "memory_budget", "max_iter"))
+        return parametric_bootstrap(self, check_count(n, "n"), check_seed(seed), **kwargs)
 
     def influence(self, method: str = "derivative") -> pd.DataFrame:
         """Influence of each subject on every estimate (fixed effects, covariance parameters in

@@ -13,10 +13,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 from .errors import DataError
 
-__all__ = ["simulate_padded", "padded_to_rows", "params_to_unconstrained"]
+__all__ = ["simulate_padded", "padded_to_rows", "simulate_frame", "params_to_unconstrained"]
 
 
 @partial(jax.jit, static_argnames=("spec",))
@@ -63,6 +64,13 @@ def padded_to_rows(info, y, m) -> np.ndarray:
     obs = m[info.row_s, info.row_t] > 0 if m.ndim == 2 else m[:, info.row_s, info.row_t] > 0
     out[:, info.row_index] = np.where(obs, vals, np.nan)
     return out
+
+
+def simulate_frame(Y, index) -> pd.DataFrame:
+    """[B, n_rows] simulated responses -> a DataFrame indexed like the input data, one column
+    per replicate (``sim_1`` ... ``sim_B``, as lme4's ``simulate``)."""
+    Y = np.asarray(Y)
+    return pd.DataFrame(Y.T, index=index, columns=[f"sim_{i + 1}" for i in range(Y.shape[0])])
 
 
 def params_to_unconstrained(model, params) -> tuple[np.ndarray, np.ndarray]:

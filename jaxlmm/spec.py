@@ -104,6 +104,23 @@ class ModelSpec:
         """Number of level-1 random effects per subject."""
         return sum(self.blocks[j].k for j in self.level1)
 
+    def unit_scaling(self, log_sy, log_sz):
+        """``(mult, shift)`` with ``theta = mult * theta_u + shift``: ``theta_u`` parameterises the
+        same model for the response divided by ``exp(log_sy)`` and every random-effect column
+        divided by its scale ``exp(log_sz)`` (one entry per column, blocks in order).  The
+        optimiser works on ``theta_u``, so its steps, tolerances and boundary checks do not
+        depend on the units of the data.  ``log_sy`` may be traced."""
+        xp = jnp if isinstance(log_sy, jax.Array) or isinstance(log_sz, jax.Array) else np
+        mult, shift, o = [], [], 0
+        for b in self.blocks:
+            mult.append(xp.exp(log_sy - log_sz[o + b.scale_rows()]))
+            shift.append(xp.zeros(b.n_params) * log_sy)
+            o += b.k
+        kinds = np.asarray(self.resid.scale_kinds())
+        mult.append(xp.where(kinds == 2, xp.exp(log_sy), 1.0) + 0.0 * log_sy)
+        shift.append(xp.where(kinds == 1, log_sy, 0.0))
+        return xp.concatenate(mult), xp.concatenate(shift)
+
     # ---- matrices ----------------------------------------------------------------------
     def _mats(self, theta, fn):
         sl, _ = self.param_slices()

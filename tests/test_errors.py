@@ -43,8 +43,17 @@ def test_error_classes_are_value_errors():
 
 
 def test_data_not_a_dataframe(df):
-    with pytest.raises(DataError, match=r"data must be a pandas DataFrame, not dict"):
-        lmm.Model("y ~ time", df.to_dict())
+    with pytest.raises(lmm.ArgumentError, match=r"data must be a pandas DataFrame \(or a polars frame, or a dict of "
+                                                 r"columns\), not list"):
+        lmm.Model("y ~ time", df.to_numpy().tolist())
+    # a dict of columns and anything with to_pandas() are accepted
+    assert lmm.Model("y ~ time", df.to_dict("list")).info.n_obs == len(df)
+
+    class Polarsish:
+        def to_pandas(self):
+            return df
+
+    assert lmm.Model("y ~ time", Polarsish()).info.n_obs == len(df)
 
 
 @pytest.mark.parametrize("formula", ["", "   ", None])
@@ -440,7 +449,8 @@ def test_missing_values_dropped_and_counted(df):
     assert res.info.n_obs == len(d) - 5
     assert res.info.dropped_by_column == {"y": 1, "x": 3, "visit": 1}
     assert "Rows dropped for missing values: 5 (missing per column: y: 1, x: 3, visit: 1)" in res.summary()
-    assert 20 not in set(res.fitted().index) and len(res.fitted()) == len(d) - 5
+    f = res.fitted()  # indexed like the input, NaN on the dropped rows
+    assert f.index.equals(d.index) and np.isnan(f.loc[20]) and f.notna().sum() == len(d) - 5
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,5 +468,5 @@ def test_predict_newdata_missing_column(small_fit, df):
 
 
 def test_predict_newdata_not_a_dataframe(small_fit, df):
-    with pytest.raises(DataError, match=r"must be a pandas DataFrame, not dict"):
-        small_fit.predict(df.to_dict())
+    with pytest.raises(lmm.ArgumentError, match=r"newdata must be a pandas DataFrame .*not list"):
+        small_fit.predict(df.to_numpy().tolist())
