@@ -15,37 +15,68 @@ Public API (the table of contents):
   :class:`ConvergenceWarning`.
 """
 
+import importlib as _importlib
 import os as _os
+import sys as _sys
+import types as _types
 
-import jax as _jax
-
+# float64 for fitting.  Set before JAX is imported when it is not yet (JAX reads the variable at
+# import), so that importing jaxlmm, and ``jaxlmm --help``, do not import JAX at all: the
+# package's names are loaded on first use (PEP 562).
 if not _os.environ.get("JAXLMM_NO_X64"):
-    _jax.config.update("jax_enable_x64", True)
+    if "jax" in _sys.modules:
+        _sys.modules["jax"].config.update("jax_enable_x64", True)
+    else:
+        _os.environ["JAX_ENABLE_X64"] = "1"
 
-
-from .batch import BatchResult, fit_many  # noqa: E402
-from .bootstrap import BootstrapResult  # noqa: E402
-from .compare import bootstrap_lrt, compare, lrt  # noqa: E402
-from .selection import Selection, select_covariance, select_random  # noqa: E402
-from .datasets import example_trial, simulate_crossed, simulate_longitudinal, simulate_nested  # noqa: E402
-from .differentiate import (  # noqa: E402
-    Solution,
-    fixed_effects_vcov,
-    influence,
-    loglik,
-    params_from_result,
-    profiled_deviance,
-    solve,
-    weighted_deviance,
-)
 from .errors import ArgumentError, ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
-from .formula import COVARIANCE_NAMES, parse_formula  # noqa: E402
-from .likelihood import deviance  # noqa: E402
-from .spec import ModelData, ModelSpec  # noqa: E402
-from .model import Model, fit  # noqa: E402
-from .optimize import STATUS  # noqa: E402
-from .power import Design, Dropout, SampleSize, Truth, operating_characteristics, power, sample_size, simulate_trials  # noqa: E402
-from .results import LMMResult  # noqa: E402
+
+_EXPORTS = {
+    "batch": ("BatchResult", "fit_many"),
+    "bootstrap": ("BootstrapResult",),
+    "compare": ("bootstrap_lrt", "compare", "lrt"),
+    "selection": ("Selection", "select_covariance", "select_random"),
+    "datasets": ("example_trial", "simulate_crossed", "simulate_longitudinal", "simulate_nested"),
+    "differentiate": ("Solution", "fixed_effects_vcov", "influence", "loglik", "params_from_result",
+                      "profiled_deviance", "solve", "weighted_deviance"),
+    "formula": ("COVARIANCE_NAMES", "parse_formula"),
+    "likelihood": ("deviance",),
+    "spec": ("ModelData", "ModelSpec"),
+    "model": ("Model", "fit"),
+    "optimize": ("STATUS",),
+    "power": ("Design", "Dropout", "SampleSize", "Truth", "operating_characteristics", "power", "sample_size",
+              "simulate_trials"),
+    "results": ("LMMResult",),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+
+
+class _Package(_types.ModuleType):
+    """The package module: importing the submodules ``jaxlmm.compare`` and ``jaxlmm.power`` must
+    not replace the functions ``lmm.compare`` and ``lmm.power`` of the same names (the
+    submodules stay importable: ``from jaxlmm.power import Design``)."""
+
+    def __setattr__(self, name, value):
+        if name in _WHERE and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'jaxlmm' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __version__ = "0.1.0"
 

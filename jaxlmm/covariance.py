@@ -79,6 +79,15 @@ _POS = (0.0, float("inf"))
 _CORR = (-1.0, 1.0)
 
 
+#: a per-visit residual SD below this fraction of the largest one is on its boundary (0)
+SD_FLOOR = 1e-3
+
+
+def _sd_collapsed(log_sd):
+    """A per-visit SD has collapsed towards 0 relative to the largest one (a boundary fit)."""
+    return jnp.min(log_sd) < jnp.max(log_sd) + np.log(SD_FLOOR)
+
+
 def _safe_sd(S):
     return np.sqrt(np.clip(np.diag(S), 1e-8, None))
 
@@ -163,6 +172,9 @@ class Diag(_Structure):
 
     def scale_kinds(self):
         return (1,) * self.T
+
+    def is_boundary(self, theta):
+        return _sd_collapsed(theta)
 
     @property
     def n_params(self):
@@ -295,7 +307,7 @@ class CSH(_Structure):
         return np.concatenate([np.log(_safe_sd(S)), CS(self.T).start(S)[1:]])
 
     def is_boundary(self, theta):
-        return CS(self.T).is_boundary(jnp.stack([theta[0], theta[self.T]]))
+        return CS(self.T).is_boundary(jnp.stack([theta[0], theta[self.T]])) | _sd_collapsed(theta[: self.T])
 
     def sas_params(self, theta):  # Var(i), CSH
         return jnp.concatenate([jnp.exp(2 * theta[: self.T]), _cs_rho(theta[self.T], self.T)[None]])
@@ -383,7 +395,7 @@ class ARH1(_Structure):
         return np.concatenate([np.log(_safe_sd(S)), AR1(self.T).start(S)[1:]])
 
     def is_boundary(self, theta):
-        return jnp.abs(jnp.tanh(theta[self.T])) > 1 - 1e-6
+        return (jnp.abs(jnp.tanh(theta[self.T])) > 1 - 1e-6) | _sd_collapsed(theta[: self.T])
 
     def sas_params(self, theta):  # Var(i), ARH(1)
         return jnp.concatenate([jnp.exp(2 * theta[: self.T]), jnp.tanh(theta[self.T])[None]])
@@ -419,6 +431,13 @@ class UN(_Structure):
         return [f"sd[{v}]" for v in visits] + [
             f"corr[{visits[i]},{visits[j]}]" for i in range(T) for j in range(i + 1, T)
         ]
+
+    def is_boundary(self, theta):
+        """A per-visit SD collapsed, or a visit (almost) a linear function of the earlier ones:
+        its conditional SD ``L_tt`` below :data:`SD_FLOOR` of its SD (a correlation ~ +-1)."""
+        L = self._chol(theta)
+        sd = jnp.sqrt(jnp.sum(L * L, axis=1))
+        return _sd_collapsed(jnp.log(sd)) | (jnp.min(jnp.diag(L) / sd) < SD_FLOOR)
 
     def _chol(self, theta):
         T = self.T

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from formulaic.errors import DataMismatchWarning
 
 from .covariance import RandomBlock, make_structure
 from .errors import DataError, FormulaError
@@ -235,6 +236,133 @@ def levels_of(series: pd.Series):
         return sorted(vals)
     except TypeError:
         return list(vals)
+
+
+#: positions allowed per subject row: a visit grid with more positions than this many times the
+#: most rows any subject has (and more than MIN_GRID) is refused as irregular times
+GRID_FACTOR, MIN_GRID = 4, 24
+
+
+def _check_identifiable(block, Zb, codes, terms) -> None:
+    """Refuse a correlated random term whose k x k covariance the data cannot identify.
+
+    ``G`` enters the likelihood through ``Z_l G Z_l'`` for each level ``l``; a symmetric
+    direction ``D`` with ``Z_l D Z_l' = 0`` for every level leaves the likelihood unchanged.  That
+    happens exactly when ``Q(D) = sum_l tr(M_l D M_l D)``, ``M_l = Z_l' Z_l`` (columns scaled to
+    unit RMS), is singular on the symmetric matrices: e.g. ``(1 + arm | subject)`` with ``arm``
+    constant within every subject (a between-subject factor), or columns collinear within
+    every level."""
+    k = block.k
+    if k < 2 or not block.correlated:
+        return
+    z = Zb / np.maximum(np.sqrt(np.mean(Zb * Zb, axis=0)), 1e-300)
+    L = int(codes.max()) + 1
+    M = np.zeros((L, k, k))
+    np.add.at(M, codes, z[:, :, None] * z[:, None, :])
+    Q4 = np.einsum("lab,lcd->acbd", M, M).reshape(k * k, k * k)  # vec(D)' Q4 vec(D) = sum_l tr(M D M D)
+    rows, cols = np.triu_indices(k)
+    Dup = np.zeros((k * k, len(rows)))  # vec(D) = Dup vech(D)
+    for i, (a, c) in enumerate(zip(rows, cols)):
+        Dup[a * k + c, i] = Dup[c * k + a, i] = 1.0
+    w = np.linalg.eigvalsh(Dup.T @ Q4 @ Dup)
+    term = next((t.origin or t.text for t in terms if t.group == block.group and t.correlated), block.group)
+    cnt = np.maximum(np.bincount(codes, minlength=L), 1)
+    const = [c for i, c in enumerate(block.columns)
+             if c != "(Intercept)" and np.allclose(np.bincount(codes, weights=z[:, i] ** 2, minlength=L),
+                                                   np.bincount(codes, weights=z[:, i], minlength=L) ** 2 / cnt,
+                                                   rtol=1e-9, atol=1e-12)]
+    if w[0] > 1e-9 * w[-1]:
+        if const:
+            warnings.warn(
+                f"The random term {term}: {', '.join(repr(c) for c in const)} is constant within every level of "
+                f"{block.group!r}, so its random slope is identified only by how the variance between levels changes "
+                f"with it; such a term usually belongs in the fixed part only, e.g. (1 | {block.group}).",
+                UserWarning, stacklevel=4)
+        return
+    why = (f"{', '.join(repr(c) for c in const)} {'is' if len(const) == 1 else 'are'} constant within every level of "
+           f"{block.group!r} (a between-{block.group} effect)") if const else \
+        f"the columns {', '.join(block.columns)} are collinear within every level of {block.group!r}"
+    raise DataError(
+        f"The random term {term}: {why}, so the {k} x {k} covariance of its random effects cannot be estimated from "
+        f"the data. Drop {'those columns' if len(const) > 1 else 'that column'} from the random term (keep it as a "
+        f"fixed effect), e.g. (1 | {block.group}), or make the term uncorrelated (||)."
+    )
+
+
+def visit_positions(series: pd.Series, structure: str, visit: str, term: str, s_code) -> tuple[list, np.ndarray]:
+    """The visit levels (positions 0..T-1 of the residual covariance) and each row's position.
+
+    * Numeric visits: integers keep their spacing under ``ar1``/``arh1`` (positions
+      ``v - min(v)``: visits 1, 2, 4 are lags 1 and 2 apart, as nlme's ``corAR1(form = ~ visit |
+      subject)``); non-integer or irregular times are refused there (they need a continuous-time
+      structure or an explicit visit factor).  Under ``un``/``cs``/``csh``/``diag`` the distinct
+      values are the levels (no spacing is implied).
+    * Categorical visits: the declared categories in their order, kept as positions under
+      ``ar1`` even when no row has one (a gap); under the other structures a category that no row
+      has has no parameters to estimate: it is left out with a warning (``arh1`` refuses it).
+    * Text visits: the distinct strings, sorted; a column mixing numbers and strings is refused.
+    """
+    ser = series
+    obs = ser.dropna()
+    max_rows = int(np.bincount(np.asarray(s_code)).max()) if len(s_code) else 1
+    categorical = isinstance(ser.dtype, pd.CategoricalDtype)
+    spaced = structure in ("ar1", "arh1")
+    if not categorical and ser.dtype == object:
+        kinds = {("number" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else "text")
+                 for v in obs}
+        if len(kinds) > 1:
+            raise DataError(
+                f"The visit column {visit!r} of {term} mixes numbers and strings; make it one type, e.g. "
+                f"df[{visit!r}] = df[{visit!r}].astype(str), or an ordered pd.Categorical."
+            )
+    if categorical:
+        cats = list(ser.cat.categories)
+        present = set(obs.unique())
+        missing = [c for c in cats if c not in present]
+        if missing and structure == "arh1":
+            raise DataError(
+                f"The visit level(s) {', '.join(map(repr, missing[:5]))} of column {visit!r} have no rows, but "
+                f"{term} has an SD per visit level: remove unused levels (df[{visit!r}] = "
+                f"df[{visit!r}].cat.remove_unused_categories()) or use ar1."
+            )
+        if missing and not spaced:
+            warnings.warn(
+                f"The visit level(s) {', '.join(map(repr, missing[:5]))} of column {visit!r} have no rows and are "
+                f"left out of {term}.", UserWarning, stacklevel=4)
+        levels = cats if spaced else [c for c in cats if c in present]
+    elif pd.api.types.is_numeric_dtype(ser) and not pd.api.types.is_bool_dtype(ser) and spaced:
+        v = obs.to_numpy(dtype=float)
+        if not np.all(np.isclose(v, np.round(v), rtol=0, atol=1e-9)):
+            raise DataError(
+                f"The visit column {visit!r} of {term} has non-integer times ({_py(v[~np.isclose(v, np.round(v))][0])}"
+                f", ...): {structure} needs visits on an integer grid (lag = difference of visit numbers). Make an "
+                f"explicit visit factor (df['visit_no'] = pd.Categorical(...)) or use a continuous-time structure "
+                "(sp_exp, not available yet)."
+            )
+        lo, hi = int(np.round(v.min())), int(np.round(v.max()))
+        levels = list(range(lo, hi + 1))
+        used = set(np.round(v).astype(int))
+        missing = [x for x in levels if x not in used]
+        if missing and structure == "arh1":
+            raise DataError(
+                f"The visit(s) {', '.join(map(str, missing[:5]))} between {lo} and {hi} of column {visit!r} have no "
+                f"rows, but {term} has an SD per visit: use ar1, or number the visits without gaps."
+            )
+    else:
+        levels = levels_of(ser)
+    T = len(levels)
+    if T > max(GRID_FACTOR * max_rows, MIN_GRID):
+        raise DataError(
+            f"The visit column {visit!r} of {term} gives {T} visit positions, but no subject has more than {max_rows} "
+            f"rows: it looks like irregular measurement times, not a visit schedule. Use a visit number or an "
+            "explicit visit factor (one level per scheduled visit), a random-effects model such as (1 + time | "
+            "subject), or a continuous-time structure (sp_exp, not available yet)."
+        )
+    if categorical or not (spaced and pd.api.types.is_numeric_dtype(ser)):
+        codes = pd.Categorical(ser, categories=levels).codes.astype(int)
+    else:
+        codes = np.round(ser.to_numpy(dtype=float)).astype(int) - levels[0]
+    return levels, codes
 
 
 def _natural_key(v):
@@ -472,6 +600,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     block_cols = [np.arange(offs[j], offs[j + 1]) for j in range(len(blocks))]
     l1 = [j for j, b in enumerate(blocks) if b.group in level1]
     Z = Zall[:, np.concatenate([block_cols[j] for j in l1])] if l1 else np.zeros((n, 0))
+    if has_response:
+        for j, b in enumerate(blocks):
+            _check_identifiable(b, Zall[:, block_cols[j]], factors[b.group].codes, terms)
 
     # subjects (level 1) and visit positions
     if subject is not None:
@@ -489,8 +620,12 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         )
     visit = pf.cov.visit if pf.cov is not None else None
     if visit is not None:
-        levels = levels_of(df[visit])
-        t_code = pd.Categorical(df[visit], categories=levels).codes.astype(int)
+        levels, t_code = visit_positions(df[visit], pf.cov.structure, visit, pf.cov.text, s_code)
+        if has_response and pf.cov.structure in ("cs", "csh", "ar1", "arh1", "un") and np.bincount(s_code).max() < 2:
+            raise DataError(
+                f"No subject (column {subject!r}) has more than one usable row, so the correlation of {pf.cov.text} "
+                "cannot be estimated. Check the subject column, or drop the covariance term (independent residuals)."
+            )
         dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
         if dup.any():
             i = int(np.nonzero(dup)[0][0])
@@ -606,9 +741,16 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             "no variation left to model; check the response column."
         )
     if spec.n_theta > n - p:
+        parts = [f"{resid.n_params} in {pf.cov.text}" if pf.cov is not None else f"{resid.n_params} residual"]
+        parts += [f"{b.n_params} in the random effects of {b.group!r}" for b in blocks if b.n_params]
+        hint = {"un": f"cs({pf.cov.visit} | {pf.cov.subject}) or ar1({pf.cov.visit} | {pf.cov.subject}) ({T}-visit UN "
+                      f"has {T * (T + 1) // 2})" if pf.cov is not None else "",
+                "csh": "cs (2 parameters)", "arh1": "ar1 (2 parameters)", "diag": "no covariance term (1 parameter)"}
+        try_ = hint.get(structure, "fewer random slopes or fewer visit levels")
         raise DataError(
-            f"The model has {spec.n_theta} covariance parameters but only {n - p} residual degrees of freedom "
-            f"({n} rows, {p} fixed effects): the data cannot identify them. Use a simpler covariance structure."
+            f"The model has {spec.n_theta} covariance parameters ({', '.join(parts)}) but only {n - p} residual "
+            f"degrees of freedom ({n} rows, {p} fixed effects): the data cannot identify them. Use a simpler "
+            f"structure, e.g. {try_}."
         )
 
     info = DesignInfo(
@@ -654,7 +796,14 @@ def new_design_rows(info: DesignInfo, newdata: pd.DataFrame):
     for expr, what, spec in parts:
         check_columns(_required(expr, newdata, what), newdata, f"{what}, needed for prediction")
         try:
-            mats.append(np.asarray(spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)))
+            with warnings.catch_warnings():  # a factor level the fit never saw: refuse, never NaN or 0
+                warnings.simplefilter("error", DataMismatchWarning)
+                mats.append(np.asarray(spec.get_model_matrix(newdata, na_action="ignore").to_numpy(dtype=float)))
+        except DataMismatchWarning as w:
+            raise DataError(
+                f"newdata has a level that the fit never saw in the {what} ({_short(w)}); a fixed effect has no "
+                "estimate for it. Predict only for levels of the fitted data."
+            ) from None
         except Exception as e:  # e.g. a factor level not seen in the fit
             raise DataError(
                 f"Cannot build the {what} for newdata from {expr!r}: {_short(e)} newdata must use the columns, "

@@ -79,8 +79,8 @@ class Model:
         out = LMMResult(self, rec, ddf_method=ddf)
         if warn and rec.status == BOUNDARY:
             warnings.warn(
-                "boundary (singular) fit: a random-effects variance is ~0 or a correlation is ~+-1; "
-                "consider a simpler covariance model.",
+                "boundary (singular) fit: a random-effects variance or a residual SD is ~0, or a correlation is "
+                "~+-1; consider a simpler covariance model.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
