@@ -163,7 +163,7 @@ def main():
         ours = B / secs
         peer, note = (None, "skipped")
         if not args.no_r:
-            Y = res.simulate(n=args.r_reps, seed=1)
+            Y = res.simulate(n=args.r_reps, seed=1).to_numpy().T.copy()
             peer, note = r_loop(name, df, Y, res.info.formula.response, args.r_reps)
         rows.append({
             "workload": f"{name} ({src})", "B": B, "ours fits/s": ours, "compile s": compile_s,

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .fitting import column_log_scales, fit_arrays, guard_memory_maps, ols_log_scale, start_values
+from .fitting import column_log_scales, fit_arrays, guard_memory_maps, ols_fit, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
 from .optimize import BOUNDARY, CONVERGED, INVALID, STATUS, bfgs_warm, newton, psd_inverse
 from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
@@ -106,20 +106,26 @@ def _over_devices(fn, mesh, n_sharded, n_replicated):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
 
 
-def _solve_one(dev, u0, Binv0, payload, spec, yb, mb, X, log_sz, reml, max_iter, tol):
+def _centre(yb, mb, X):
+    """The replicate's OLS fit: ``(y - X beta0, beta0, log_s, exact)`` (:func:`jaxlmm.fitting.ols_fit`)."""
+    beta0, log_s, exact = ols_fit(yb, mb, X, xp=jnp)
+    return (yb - X @ beta0) * mb, beta0, log_s, exact
+
+
+def _solve_one(dev, u0, Binv0, payload, spec, centre, mb, log_sz, reml, max_iter, tol):
     """BFGS on the replicate's own unit-scale parameters (``theta = mult * u + shift`` from the
-    RMS of its OLS residuals, :func:`jaxlmm.fitting.ols_log_scale`), so a replicate's start and
-    steps do not depend on its units or on the replicates beside it.  A replicate that the
-    fixed effects fit exactly gets status ``INVALID`` and NaN."""
-    log_sy, exact = ols_log_scale(yb, mb, X, xp=jnp)
+    RMS of its OLS residuals), on its response centred by its OLS fit (``centre``, from
+    :func:`_centre`), so a replicate's start and steps do not depend on its units, its mean or the
+    replicates beside it.  A replicate that the fixed effects fit exactly gets status
+    ``INVALID`` and NaN."""
+    _, beta0, log_sy, exact = centre
     mult, shift = spec.unit_scaling(log_sy, log_sz)
-    dev0 = 2.0 * (jnp.sum(mb) - jnp.where(reml, X.shape[-1], 0)) * log_sy
+    dev0 = 2.0 * (jnp.sum(mb) - jnp.where(reml, beta0.shape[0], 0)) * log_sy
     f = lambda u: dev(mult * u + shift) - dev0  # noqa: E731
     r = bfgs_warm(f, u0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
     x = mult * r.x + shift
     beta, vcov = beta_vcov(x, payload, spec)
-    out = (x, r.fun + dev0, r.n_iter, r.status, beta, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(x))
-    # the fixed effects fit the replicate exactly (e.g. a constant response): nothing to fit
+    out = (x, r.fun + dev0, r.n_iter, r.status, beta + beta0, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(x))
     nan = jnp.asarray(jnp.nan, x.dtype)
     return tuple(jnp.where(exact, INVALID if a is r.status else (0 if a is r.n_iter else nan), a) for a in out)
 
@@ -129,9 +135,10 @@ def _batch_patterns(u0, Binv0, y, m, X, log_sz, pdes, spec, layout, reml, max_it
     def run(u0s, ys, Binv0, m, X, log_sz, pdes, reml):
         def one(args):
             u, yb = args
-            pay = Patterns(pdes, pattern_response(yb, m, pdes, layout))
+            c = _centre(yb, m, X)
+            pay = Patterns(pdes, pattern_response(c[0], m, pdes, layout))
             dev = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
-            return _solve_one(dev, u, Binv0, pay, spec, yb, m, X, log_sz, reml, max_iter, tol)
+            return _solve_one(dev, u, Binv0, pay, spec, c, m, log_sz, reml, max_iter, tol)
 
         return jax.lax.map(one, (u0s, ys), batch_size=BLOCK)
 
@@ -143,9 +150,10 @@ def _batch_general(u0, Binv0, y, m, log_sz, data, spec, reml, max_iter, tol, mes
     def run(u0s, ys, ms, Binv0, log_sz, data, reml):
         def one(args):
             u, yb, mb = args
-            d = data.masked(mb)._replace(y=yb * mb)
+            c = _centre(yb, mb, data.X)
+            d = data.masked(mb)._replace(y=c[0])
             dev = lambda th: deviance(th, d, spec, reml)  # noqa: E731
-            return _solve_one(dev, u, Binv0, d, spec, yb, mb, data.X, log_sz, reml, max_iter, tol)
+            return _solve_one(dev, u, Binv0, d, spec, c, mb, log_sz, reml, max_iter, tol)
 
         return jax.lax.map(one, (u0s, ys, ms), batch_size=BLOCK)
 
@@ -157,9 +165,10 @@ def _batch_flat(u0, Binv0, y, m, log_sz, data, fd, spec, shared, reml, max_iter,
     def run(u0s, ys, ms, Binv0, log_sz, data, fd, reml):
         def one(args):
             u, yb, mb = args
-            pay = flat_response(fd, data, yb, mb, spec, shared=shared)
+            c = _centre(yb, mb, data.X)
+            pay = flat_response(fd, data, c[0], mb, spec, shared=shared)
             dev = lambda th: deviance(th, pay, spec, reml)  # noqa: E731
-            return _solve_one(dev, u, Binv0, pay, spec, yb, mb, data.X, log_sz, reml, max_iter, tol)
+            return _solve_one(dev, u, Binv0, pay, spec, c, mb, log_sz, reml, max_iter, tol)
 
         return jax.lax.map(one, (u0s, ys, ms), batch_size=BLOCK)
 

@@ -621,11 +621,6 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     visit = pf.cov.visit if pf.cov is not None else None
     if visit is not None:
         levels, t_code = visit_positions(df[visit], pf.cov.structure, visit, pf.cov.text, s_code)
-        if has_response and pf.cov.structure in ("cs", "csh", "ar1", "arh1", "un") and np.bincount(s_code).max() < 2:
-            raise DataError(
-                f"No subject (column {subject!r}) has more than one usable row, so the correlation of {pf.cov.text} "
-                "cannot be estimated. Check the subject column, or drop the covariance term (independent residuals)."
-            )
         dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
         if dup.any():
             i = int(np.nonzero(dup)[0][0])
@@ -655,6 +650,11 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     if structure in ("cs", "csh", "ar1", "arh1", "un") and T < 2:
         raise DataError(
             f"The covariance term {pf.cov.text} needs at least two visit levels in column {visit!r}; found {T}."
+        )
+    if has_response and structure in ("cs", "csh", "ar1", "arh1", "un") and np.bincount(s_code).max() < 2:
+        raise DataError(
+            f"No subject (column {subject!r}) has more than one usable row, so the correlation of {pf.cov.text} "
+            "cannot be estimated. Check the subject column, or drop the covariance term (independent residuals)."
         )
 
     S_pad = bucket(S)

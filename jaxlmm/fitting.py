@@ -38,7 +38,7 @@ from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, 
 from .spec import ModelData
 
 __all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
-           "ols_log_scale", "column_log_scales", "unit_scaled"]
+           "ols_fit", "centred", "column_log_scales", "unit_scaled"]
 
 
 @dataclass(frozen=True)
@@ -150,27 +150,42 @@ def _fit_host(u0, mult, shift, dev0, payload, spec, reml, max_iter: int, tol: fl
     return res, beta, vcov
 
 
-def ols_log_scale(y, m, X, xp=np):
-    """``log`` of the RMS of the OLS residuals of ``y`` on ``X`` over the observed cells (mask
-    ``m``): the response's scale, free of its mean and of any shift by the fixed effects.
-    Falls back to the RMS of ``y``, then to 1, when the residuals vanish (returned as the
-    second value, ``exact``: the fixed effects fit ``y`` exactly).  ``xp`` is numpy (host) or
-    ``jax.numpy`` (inside a compiled batch)."""
+def ols_fit(y, m, X, xp=np):
+    """OLS of ``y`` on ``X`` over the observed cells (mask ``m``): ``(beta, log_s, exact)`` with
+    ``log_s`` the log of the RMS of the residuals, the response's scale free of its mean and of
+    any shift by the fixed effects (the RMS of ``y``, then 1, when the residuals vanish:
+    ``exact``, the fixed effects fit ``y`` exactly).  ``xp`` is numpy (host; least squares by
+    SVD) or ``jax.numpy`` (inside a compiled batch; equilibrated normal equations)."""
     Xm = X * m[..., None]
     ym = y * m
     p = X.shape[-1]
     Xf, yf = Xm.reshape(-1, p), ym.reshape(-1)
-    A = Xf.T @ Xf
-    d = xp.sqrt(xp.diagonal(A))
-    d = xp.where(d > 0, d, 1.0)
-    beta = xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p), (Xf.T @ yf) / d) / d
+    if xp is np:
+        beta = np.linalg.lstsq(Xf, yf, rcond=None)[0]
+    else:
+        A = Xf.T @ Xf
+        d = xp.sqrt(xp.diagonal(A))
+        d = xp.where(d > 0, d, 1.0)
+        beta = xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p), (Xf.T @ yf) / d) / d
+        beta = beta + xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p),
+                                      (Xf.T @ (yf - Xf @ beta)) / d) / d  # one step of refinement
     r = yf - Xf @ beta
     n = xp.maximum(xp.sum(m), 1.0)
     ms = xp.sum(r * r) / n
     my = xp.sum(yf * yf) / n
     exact = ~(ms > 1e-24 * my)
     ms = xp.where(exact, xp.where(my > 0, my, 1.0), ms)
-    return 0.5 * xp.log(ms), exact
+    return beta, 0.5 * xp.log(ms), exact
+
+
+def centred(arrays: ModelData):
+    """``(arrays with y - X beta0 in the observed cells, beta0)``, ``beta0`` the OLS fit.  The
+    likelihood is computed on the centred response (its GLS estimate is ``beta - beta0``), so
+    sums of squares do not lose digits to a response that the fixed effects mostly explain
+    (a large mean, or ``y = 10^6 x + noise``)."""
+    y, m, X = (np.asarray(a) for a in arrays[:3])
+    beta0 = ols_fit(y, m, X)[0]
+    return arrays._replace(y=(y - X @ beta0) * m), beta0
 
 
 def column_log_scales(data: ModelData, spec) -> np.ndarray:
@@ -202,17 +217,23 @@ def unit_scaled(data: ModelData, spec, log_sy, log_sz) -> ModelData:
     return out
 
 
-def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None, max_iter: int = 200,
+def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None, offset=None, max_iter: int = 200,
                tol: float = 1e-11, retry: bool = True) -> FitRecord:
     """Full Newton fit of one dataset (host arrays with X, Z, y zero in masked cells).
 
-    ``payload`` (from :func:`make_payload`) is built when not given.  The optimiser works on
+    ``payload`` (from :func:`make_payload`) is built when not given, from the response centred by
+    its OLS fit (:func:`centred`); a given payload comes with the ``offset`` its response was
+    centred by (``arrays`` are then the centred arrays).  The optimiser works on
     unit-scale parameters (see the module docstring).  A failed fit is retried once from a
     start without correlations."""
     guard_memory_maps()
-    layout, pay = make_payload(arrays, spec) if payload is None else payload
+    if payload is None:
+        arrays, offset = centred(arrays)
+        payload = make_payload(arrays, spec)
+    offset = np.zeros(np.asarray(arrays.X).shape[-1]) if offset is None else np.asarray(offset, dtype=float)
+    layout, pay = payload
     m, X = np.asarray(arrays.m), np.asarray(arrays.X)
-    log_sy, exact = ols_log_scale(np.asarray(arrays.y), m, X)
+    _, log_sy, exact = ols_fit(np.asarray(arrays.y), m, X)
     log_sy = float(log_sy)
     log_sz = column_log_scales(arrays, spec)
     mult, shift = (np.asarray(a) for a in spec.unit_scaling(log_sy, log_sz))
@@ -237,7 +258,7 @@ def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None
             res, beta, vcov, how = res2, beta2, vcov2, "neutral"
     u = np.asarray(res.x)
     status = NON_FINITE if exact else int(res.status)  # y = X beta exactly: the likelihood is unbounded
-    return FitRecord(theta=mult * u + shift, beta=np.asarray(beta), vcov=np.asarray(vcov),
+    return FitRecord(theta=mult * u + shift, beta=np.asarray(beta) + offset, vcov=np.asarray(vcov),
                      deviance=float(res.fun) + dev0, reml=bool(reml), status=status, n_iter=int(res.n_iter),
                      gradient=np.asarray(res.grad) / mult, hessian=np.asarray(res.hess) / np.outer(mult, mult),
                      layout=layout, start=how, attempts=attempts,

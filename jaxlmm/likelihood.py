@@ -121,9 +121,10 @@ def gls_factor(A):
 
 
 def gls_beta(A, b):
-    """``A^-1 b`` through :func:`gls_factor`."""
+    """``A^-1 b`` (``b`` a vector or a matrix of columns) through :func:`gls_factor`."""
     L, d = gls_factor(A)
-    return cho_solve((L, True), b / d) / d
+    dd = d if b.ndim == 1 else d[:, None]
+    return cho_solve((L, True), b / dd) / dd
 
 
 def assemble(pieces: Pieces, reml) -> jax.Array:

@@ -17,7 +17,7 @@ from .checks import (as_frame, check_bool, check_choice, check_count, check_keyw
                      check_vector)
 from .design import build_design, check_columns
 from .errors import ConvergenceWarning, DataError
-from .fitting import fit_arrays, make_payload
+from .fitting import centred, fit_arrays, make_payload
 from .optimize import BOUNDARY, STATUS
 from .results import LMMResult
 from .simulate import padded_to_rows, params_to_unconstrained, simulate_frame, simulate_padded
@@ -74,8 +74,8 @@ class Model:
                                                     f"res.theta_unconstrained: {k} for this model)")
         if not self.has_response:
             check_columns([self.info.formula.response], self.data, "response")
-        rec = fit_arrays(self.arrays, self.spec, reml, start, payload=self.payload, max_iter=max_iter,
-                         tol=tol, retry=start is None)
+        rec = fit_arrays(self._centred[0], self.spec, reml, start, payload=self.payload, offset=self.offset,
+                         max_iter=max_iter, tol=tol, retry=start is None)
         out = LMMResult(self, rec, ddf_method=ddf)
         if warn and rec.status == BOUNDARY:
             warnings.warn(
@@ -94,10 +94,20 @@ class Model:
         return out
 
     @cached_property
+    def _centred(self):
+        return centred(self.arrays)
+
+    @property
+    def offset(self) -> np.ndarray:
+        """The OLS fixed effects ``beta0`` by which the likelihood payload's response is centred
+        (``y - X beta0``; its GLS estimate is ``beta - beta0``)."""
+        return self._centred[1]
+
+    @cached_property
     def payload(self):
-        """(layout, payload) of the likelihood (:func:`jaxlmm.fitting.make_payload`), built once and
-        used by the fit and every computation on it."""
-        return make_payload(self.arrays, self.spec)
+        """(layout, payload) of the likelihood (:func:`jaxlmm.fitting.make_payload`) of the centred
+        response (:attr:`offset`), built once and used by the fit and every computation on it."""
+        return make_payload(self._centred[0], self.spec)
 
     # ---- batches and simulation ------------------------------------------------------
     def pilot(self, y, m, reml, candidates=None):

@@ -126,6 +126,7 @@ class _Problem:
         self.fit_cov = ml if (criterion == "ml" or not result.reml) else result
         self.fit_fix = ml
         self.payload = model.payload[1]
+        self.offset = np.asarray(model.offset)
         self._se_cov = None
         self._start = {}
 
@@ -202,7 +203,7 @@ class _Problem:
                 reml[i] = bool(self.fit_cov.reml)
             else:
                 e[i, j] = 1.0
-                bval[i] = val
+                bval[i] = val - self.offset[j]  # the payload holds the response less X offset
                 is_fixed[i] = True
         v0 = np.array(starts, dtype=float)
         v0[fix_mask] = cu[fix_mask.any(axis=1)]

@@ -42,7 +42,7 @@ def refit_deviances(model, Y, reml=True):
 def test_batch_equals_single_fits(data, formula):
     model = lmm.Model(formula, data)
     res = model.fit()
-    Y = res.simulate(n=5, seed=2)
+    Y = res.simulate(n=5, seed=2).to_numpy().T.copy()
     batch = model.fit_batch(Y, start=res)
     assert batch.path == "patterns" and batch.converged.all()
     for i, r in enumerate(refit_deviances(model, Y)):
@@ -56,7 +56,7 @@ def test_batch_equals_single_fits(data, formula):
 def test_each_replicate_its_own_missing_cells(data, formula):
     model = lmm.Model(formula, data)
     res = model.fit()
-    Y = res.simulate(n=4, seed=5)
+    Y = res.simulate(n=4, seed=5).to_numpy().T.copy()
     rng = np.random.default_rng(0)
     Y[rng.uniform(size=Y.shape) < 0.15] = np.nan  # different cells per replicate
     batch = model.fit_batch(Y, start=res, reml=False)
@@ -68,7 +68,7 @@ def test_each_replicate_its_own_missing_cells(data, formula):
 def test_failing_replicate_does_not_spoil_others(data):
     model = lmm.Model(MODELS[3], data)
     res = model.fit()
-    Y = res.simulate(n=4, seed=8)
+    Y = res.simulate(n=4, seed=8).to_numpy().T.copy()
     Y[1] = 0.0 * Y[1]  # zero variance: no finite optimum
     batch = model.fit_batch(Y, start=res)
     assert not batch.converged[1]
@@ -94,17 +94,17 @@ def test_batch_result_layout(data):
 def test_pilot_start_when_no_fit_given(data):
     model = lmm.Model(MODELS[1], data)
     res = model.fit()
-    Y = res.simulate(n=3, seed=4)
+    Y = res.simulate(n=3, seed=4).to_numpy().T.copy()
     a, b = model.fit_batch(Y), model.fit_batch(Y, start=res)
     np.testing.assert_allclose(a.deviance, b.deviance, rtol=1e-9)
 
 
 def test_simulation_is_counter_based(data):
     res = lmm.fit(MODELS[5], data)
-    a = res.simulate(n=10, seed=3)
-    b = res.simulate(n=25, seed=3)
+    a = res.simulate(n=10, seed=3).to_numpy().T.copy()
+    b = res.simulate(n=25, seed=3).to_numpy().T.copy()
     np.testing.assert_array_equal(a, b[:10])
-    assert not np.array_equal(a, res.simulate(n=10, seed=4))
+    assert not np.array_equal(a, res.simulate(n=10, seed=4).to_numpy().T.copy())
     # NaN exactly where the data had no response
     np.testing.assert_array_equal(np.isnan(a[0]), data.y.isna().to_numpy())
 
@@ -142,7 +142,7 @@ def test_simulate_from_given_parameters():
     design = lmm.simulate_longitudinal(50, 5, seed=9).drop(columns="y")
     model = lmm.Model("y ~ time + arm + ar1(visit | subject)", design)
     params = {"fixef": {"(Intercept)": 1.0, "time": 0.5, "arm[T.B]": 2.0}, "theta": {"sigma": 2.0, "rho": 0.6}}
-    Y = model.simulate(params, n=400, seed=0)
+    Y = model.simulate(params, n=400, seed=0).to_numpy().T.copy()
     assert Y.shape == (400, len(design)) and not np.isnan(Y).any()
     wide = Y.reshape(400, 50, 5)
     wide = wide - wide.mean(axis=0)  # remove X beta (cell means over replicates)
@@ -163,7 +163,7 @@ def test_simulated_random_effects_have_their_variance():
     model = lmm.Model("y ~ time + (time | subject)", design)
     params = {"fixef": [0.0, 0.0], "theta": {"sd[(Intercept)|subject]": 2.0, "sd[time|subject]": 0.0,
                                              "corr[(Intercept),time|subject]": 0.0, "sigma": 0.1}}
-    Y = model.simulate(params, n=3, seed=1).reshape(3, 300, 4)
+    Y = model.simulate(params, n=3, seed=1).to_numpy().T.reshape(3, 300, 4)
     assert Y[..., 0].std() == pytest.approx(2.0, rel=0.1)  # the intercept spread
     assert np.abs(np.diff(Y, axis=-1)).max() < 1.0  # no slope variation, small noise
 
@@ -184,7 +184,7 @@ def test_second_batch_does_not_recompile(data, compiled):
 def test_float32_option(data):
     model = lmm.Model(MODELS[3], data)
     res = model.fit()
-    Y = res.simulate(n=8, seed=6)
+    Y = res.simulate(n=8, seed=6).to_numpy().T.copy()
     b64 = model.fit_batch(Y, start=res)
     b32 = model.fit_batch(Y, start=res, dtype="float32")
     assert b32.converged.mean() >= 0.75
