@@ -79,7 +79,7 @@ def test_affine_equivariance_of_the_response(df, formula, log_c, sign, shift, sl
     expect[0] += shift
     expect[list(r0.fixef.index).index("x")] += slope
     se0 = r0.coef_table["std_error"].to_numpy()
-    np.testing.assert_allclose(r.fixef.to_numpy(), expect, rtol=0, atol=1e-5 * abs(c) * se0.max() + 1e-9 * abs(shift))
+    np.testing.assert_allclose(r.fixef.to_numpy(), expect, rtol=0, atol=1e-4 * abs(c) * se0.max() + 1e-9 * abs(shift))
     sd = _sd(r0.theta.index)
     th, th0 = r.theta.to_numpy(), r0.theta.to_numpy()
     np.testing.assert_allclose(th[sd], abs(c) * th0[sd], rtol=1e-4, atol=1e-5 * abs(c) * th0[sd].max())
@@ -98,7 +98,7 @@ def test_covariate_scale_equivariance(df, log_c):
     i = list(r0.fixef.index).index("x")
     b = b.copy()
     b[i] *= c
-    np.testing.assert_allclose(b, b0, rtol=0, atol=1e-5 * r0.coef_table["std_error"].max())
+    np.testing.assert_allclose(b, b0, rtol=0, atol=1e-4 * r0.coef_table["std_error"].max())
     assert abs(r.deviance - 2 * np.log(c) - r0.deviance) < 1e-6 * (1 + abs(r0.deviance))
 
 
@@ -112,7 +112,8 @@ def test_row_order_and_subject_labels_do_not_matter(df, formula, seed):
     r = quiet(lmm.fit, formula, relabelled)
     assert r.status == r0.status
     assert abs(r.deviance - r0.deviance) < 1e-8 * (1 + abs(r0.deviance))
-    np.testing.assert_allclose(r.fixef, r0.fixef, rtol=0, atol=1e-6 * r0.coef_table["std_error"].max())
+    # two optimisations stop at the tolerance: estimates agree to 1e-4 of their SE (as test_batch)
+    np.testing.assert_allclose(r.fixef, r0.fixef, rtol=0, atol=1e-4 * r0.coef_table["std_error"].max())
     # fitted values follow their rows (conditional ones through the BLUPs, to optimiser precision)
     np.testing.assert_allclose(r.fitted(conditional=False).loc[df.index], r0.fitted(conditional=False), rtol=0,
                                atol=1e-5 * r0.coef_table["std_error"].max())
