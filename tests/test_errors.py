@@ -357,8 +357,8 @@ def test_un_more_parameters_than_data(df):
     d = df[df.subject.isin(["S01", "S02", "S03"])].iloc[[0, 1, 2, 3, 4, 5, 6, 8, 11]]
     with pytest.raises(
         DataError,
-        match=r"10 covariance parameters but only 8 residual degrees of freedom \(9 rows, 1 fixed effects\).*"
-        r"Use a simpler covariance structure",
+        match=r"10 covariance parameters \(10 in un\(visit \| subject\)\) but only 8 residual degrees of freedom \(9 rows, 1 fixed effects\).*"
+        r"Use a simpler structure, e.g. cs\(visit \| subject\)",
     ):
         lmm.Model("y ~ 1 + un(visit | subject)", d)
 

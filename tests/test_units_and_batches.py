@@ -101,7 +101,7 @@ def batch_model():
     d = lmm.simulate_longitudinal(50, 4, cov="ar1", seed=21)
     model = lmm.Model("y ~ time + arm + ar1(visit | subject)", d)
     res = model.fit()
-    Y = model.simulate({"fixef": res.fixef, "theta": res.theta}, n=40, seed=3)
+    Y = model.simulate({"fixef": res.fixef, "theta": res.theta}, n=40, seed=3).to_numpy().T.copy()
     return model, Y
 
 
