@@ -333,7 +333,7 @@ def fit_batch_padded(
     if path == "patterns":
         per = 8 * (S * T * 2 + pdes.m.shape[0] * T * T * (p + 2) * 6)
         m_j = jnp.asarray(shared_mask, dtype)
-        pdes_j = PatternDesign(*(jnp.asarray(a, dtype) for a in pdes))
+        pdes_j = PatternDesign(*(None if a is None else jnp.asarray(a, dtype) for a in pdes))
     elif path == "flat":
         fd = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                           model.payload[1])

@@ -114,7 +114,7 @@ def make_payload(arrays: ModelData, spec):
     pdes, layout, K = pattern_design(arrays, m)
     if K <= max(S_real // 2, 8) and pdes.XX.size <= 2e7:
         pr = pattern_response_np(arrays.y, m, pdes, layout)
-        pd_j = PatternDesign(*(jnp.asarray(a, jnp.float64) for a in pdes[:-1]), None)
+        pd_j = PatternDesign(*(None if a is None else jnp.asarray(a, jnp.float64) for a in pdes._replace(Xs=None)))
         return "patterns", Patterns(pd_j, PatternResponse(*(jnp.asarray(a, jnp.float64) for a in pr)))
     return "subjects", arrays.to_jax()
 

@@ -10,6 +10,17 @@ With ``W_k = V*_k^-1`` on the observed cells: ``A = sum_k <W_k, XX_k>``, ``b = s
 ``c = sum_k <W_k, yy_k>`` and ``sum_i log|V_i| = sum_k n_k log|V*_k|``.  One evaluation costs
 O(K T^2 p^2) instead of O(S T^3), and the X-only sums are shared by every replicate of a batch.
 ``V*_k`` comes from :func:`jaxlmm.spec.marginal_cov`, as for subjects.
+
+Column supports.  In a model with visit-specific fixed effects (``arm * visit``) a row at
+visit ``t`` is non-zero in only ``c_t`` of the ``p`` columns.  When every ``c_t <= p / 2`` the
+sums are kept on those columns only (``cols[t]``, padded to ``c = max c_t``, with a one-hot map
+``E_t`` [c, p] back to the columns): ``A = sum_tu E_t' (sum_k W_k[t,u] XX_k[t,u]) E_u``, which
+cuts an evaluation and each direction of its Hessian by ``(p / c)^2`` (about 10x for an MMRM
+with treatment by visit).
+
+``W_k`` and ``log|V*_k|`` come from one Cholesky factorisation with its own derivative rule
+(``dW = -W dV W``, ``d log|V| = <W, dV>``), so Hessians by forward-over-reverse differentiate
+batched matrix products, not one LAPACK call per pattern and direction.
 """
 
 from __future__ import annotations
@@ -36,14 +47,15 @@ class PatternDesign(NamedTuple):
     m: jax.Array  # [K, T] pattern masks
     Z: jax.Array  # [K, T, q] random-effects rows of the pattern
     n: jax.Array  # [K] subjects per pattern (0 for padding)
-    XX: jax.Array  # [K, T, T, p, p]
-    Xs: jax.Array | None  # [S_used, T, p] masked X of the subjects with data, sorted by pattern
+    XX: jax.Array  # [K, T, T, p, p], or [K, T, T, c, c] on the column supports
+    Xs: jax.Array | None  # [S_used, T, p or c] masked X of the subjects with data, sorted by pattern
+    E: jax.Array | None = None  # [T, c, p] one-hot map of the column supports (None: all columns)
 
 
 class PatternResponse(NamedTuple):
     """The response part of the per-pattern statistics (one per replicate)."""
 
-    Xy: jax.Array  # [K, T, T, p]
+    Xy: jax.Array  # [K, T, T, p] (or c)
     yy: jax.Array  # [K, T, T]
 
 
@@ -88,18 +100,55 @@ def pattern_design(data, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, i
     n = np.zeros(K_pad)
     n[:K] = counts
     Xs = X[order]
-    XX = np.zeros((K_pad, T, T, p, p))
+    Xs, E = _supports(Xs)
+    c = Xs.shape[2]
+    XX = np.zeros((K_pad, T, T, c, c))
     for k, (a, b) in enumerate(bounds):
-        Xk = Xs[a:b].reshape(b - a, T * p)
-        XX[k] = (Xk.T @ Xk).reshape(T, p, T, p).transpose(0, 2, 1, 3)
+        Xk = Xs[a:b].reshape(b - a, T * c)
+        XX[k] = (Xk.T @ Xk).reshape(T, c, T, c).transpose(0, 2, 1, 3)
     layout = PatternLayout(order=tuple(int(i) for i in order), bounds=bounds, K_pad=K_pad)
-    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs), layout, K
+    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs, E=E), layout, K
+
+
+def _supports(Xs: np.ndarray):
+    """``(Xs on the column supports, E)`` when every visit's rows use at most half of the
+    columns, else ``(Xs, None)`` (module docstring)."""
+    S, T, p = Xs.shape
+    used = np.any(Xs != 0, axis=0)  # [T, p]
+    c = max(int(used.sum(axis=1).max()), 1)
+    if 2 * c > p:
+        return Xs, None
+    E = np.zeros((T, c, p))
+    Xc = np.zeros((S, T, c))
+    for t in range(T):
+        cols = np.nonzero(used[t])[0]
+        E[t, np.arange(len(cols)), cols] = 1.0
+        Xc[:, t, : len(cols)] = Xs[:, t, cols]
+    return Xc, E
+
+
+@jax.custom_jvp
+def _inverse_logdet(V):
+    """``(V^-1, log|V|)`` of a batch of SPD matrices [..., T, T] by one Cholesky factorisation."""
+    L = jnp.linalg.cholesky(V)
+    eye = jnp.broadcast_to(jnp.eye(V.shape[-1], dtype=V.dtype), V.shape)
+    Li = solve_triangular(L, eye, lower=True)
+    W = jnp.einsum("...st,...su->...tu", Li, Li)
+    return W, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+
+
+@_inverse_logdet.defjvp
+def _inverse_logdet_jvp(primals, tangents):
+    (V,), (dV,) = primals, tangents
+    W, logdet = _inverse_logdet(V)
+    WdV = jnp.einsum("...ij,...jl->...il", W, dV)
+    return (W, logdet), (-jnp.einsum("...il,...lm->...im", WdV, W), jnp.einsum("...ii->...", WdV))
 
 
 def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> PatternResponse:
     """numpy version of :func:`pattern_response` (one response, host side)."""
     ys = (np.asarray(y) * m)[np.asarray(layout.order, dtype=int)]
-    T, p = pdes.XX.shape[1], pdes.XX.shape[-1]
+    T, p = pdes.XX.shape[1], pdes.XX.shape[-1]  # p: the columns kept (c on the supports)
     Xy = np.zeros((layout.K_pad, T, T, p))
     yy = np.zeros((layout.K_pad, T, T))
     for k, (a, b) in enumerate(layout.bounds):
@@ -130,14 +179,13 @@ def _pattern_weights(theta, pd_: PatternDesign, spec, unroll: bool = False):
     ``unroll=True`` writes the T x T factorisations out in plain arithmetic (faster for big
     vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
     V = marginal_cov(theta, pd_.m, pd_.Z, spec)
-    eye = jnp.broadcast_to(jnp.eye(spec.T, dtype=V.dtype), V.shape)
-    if unroll:
-        L = small.cholesky(V)
-        Linv = small.solve_lower(L, eye)
-    else:
-        L = jnp.linalg.cholesky(V)
-        Linv = solve_triangular(L, eye, lower=True)
     mm = pd_.m[:, :, None] * pd_.m[:, None, :]
+    if not unroll:
+        W, logdet = _inverse_logdet(V)
+        return W * mm, logdet
+    eye = jnp.broadcast_to(jnp.eye(spec.T, dtype=V.dtype), V.shape)
+    L = small.cholesky(V)
+    Linv = small.solve_lower(L, eye)
     W = jnp.einsum("kst,ksu->ktu", Linv, Linv) * mm
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
     return W, logdet
@@ -147,8 +195,13 @@ def pattern_pieces(theta, pat: Patterns, spec, unroll: bool = False):
     """(A, b, c, sum_i log|V_i|, N) from per-pattern statistics."""
     pd_, pr = pat
     W, logdet = _pattern_weights(theta, pd_, spec, unroll)
-    A = jnp.einsum("ktu,ktupq->pq", W, pd_.XX)
-    b = jnp.einsum("ktu,ktup->p", W, pr.Xy)
+    if pd_.E is None:
+        A = jnp.einsum("ktu,ktupq->pq", W, pd_.XX)
+        b = jnp.einsum("ktu,ktup->p", W, pr.Xy)
+    else:
+        C = jnp.einsum("ktu,ktuab->tuab", W, pd_.XX)
+        A = jnp.einsum("tai,tuab,ubj->ij", pd_.E, C, pd_.E)
+        b = jnp.einsum("tai,tua->i", pd_.E, jnp.einsum("ktu,ktua->tua", W, pr.Xy))
     c = jnp.einsum("ktu,ktu->", W, pr.yy)
     n = jnp.sum(pd_.n * jnp.sum(pd_.m, axis=-1))
     return A, b, c, jnp.sum(pd_.n * logdet), n
