@@ -75,6 +75,8 @@ def insteval_like(seed: int = 2024) -> pd.DataFrame:
 WORKLOADS = {
     "insteval": dict(formula="y ~ service + (1 | s) + (1 | d) + (1 | dept)",
                      data=lambda: insteval_like(), repeats=3, what="InstEval shape: 73,421 x (2,972 s, 1,128 d, 14 dept)"),
+    "students": dict(formula="y ~ service + (1 | s)", data=lambda: insteval_like(), repeats=3,
+                     what="InstEval shape, (1 | s) only: 2,972 students, up to 92 rows each"),
     "maximal": dict(formula="y ~ cond + (1 + cond | subject) + (1 + cond | item)",
                     data=lambda: lmm.simulate_crossed(60, 40, seed=7), repeats=5,
                     what="subjects x items 60 x 40, maximal"),

@@ -452,7 +452,7 @@ def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) 
     """
     from .design import build_design
 
-    built = [build_design(formula, d) for d in datasets]
+    built = [build_design(formula, d, engine="subjects") for d in datasets]
     if not built:
         raise DataError("fit_many needs at least one dataset.")
     _, spec0, info0 = built[0]

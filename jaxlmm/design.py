@@ -26,7 +26,15 @@ from .formula import ParsedFormula, parse_formula
 from .spec import ModelData, ModelSpec
 from .terms import DENSE_LIMIT, Factor, make_factor, nested_in, plan_level2, same_partition
 
-__all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows"]
+__all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows", "ENGINES",
+           "FLAT_ROWS"]
+
+ENGINES = ("auto", "general", "subjects")
+# A model with one grouping factor and no covariance term whose largest group has more rows
+# than this is computed by the level-2 engine (a k x k system per level instead of a T x T
+# covariance per group: the teaching-evaluation data with up to 92 rows per student fit
+# 100x faster; benchmarks/README.md).
+FLAT_ROWS = 16
 
 
 def bucket(n: int) -> int:
@@ -403,9 +411,11 @@ class _Grouping:
     on_subject: set  # names of the factors that group the rows like the subject (level 1 or not)
 
 
-def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool = False) -> _Grouping:
+def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool | None = None) -> _Grouping:
     """Build the grouping factors and split them into level 1 (on the residual subject) and
-    level 2 (nested or crossed).  A term expanded from ``a/b`` that the residual structure
+    level 2 (nested or crossed).  A model with one grouping factor and no covariance term is
+    computed per subject (level 1) when no group has more than ``FLAT_ROWS`` rows, else by the
+    level-2 engine (``general=None``; ``True`` / ``False`` force one of them).  A term expanded from ``a/b`` that the residual structure
     already contains (any term with ``un``, an intercept with ``cs``/``csh``) is dropped with
     a warning; such a term written out is an error (below, with the identifiability checks)."""
     factors: dict[str, Factor] = {}
@@ -458,10 +468,11 @@ def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool = False) -> _Gr
         terms = kept
         factors = {g: f for g, f in factors.items() if any(r.group == g for r in terms)}
         level1 &= set(factors)
-        return _Grouping(terms, factors, cov.subject, sf, set() if general else level1, level1)
-    if len(factors) == 1 and not general:
+        return _Grouping(terms, factors, cov.subject, sf, set() if general is True else level1, level1)
+    if len(factors) == 1 and general is not True:
         (g, fac), = factors.items()
-        return _Grouping(terms, factors, g, fac, {g}, {g})
+        if general is False or np.bincount(fac.codes).max() <= FLAT_ROWS:
+            return _Grouping(terms, factors, g, fac, {g}, {g})
     return _Grouping(terms, factors, None, None, set(), set())
 
 
@@ -471,11 +482,14 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
     With ``require_response=False`` the response column may be absent (a design for
     simulation); the response is then all zeros.  ``engine="general"`` puts every grouping
-    factor in the level-2 system (the nested and crossed engine), also when there is one:
-    the same model, computed another way (for checks).
+    factor in the level-2 system (the nested and crossed engine), also when there is one;
+    ``engine="subjects"`` keeps one grouping factor on the subjects (a ``T x T`` covariance per
+    subject); ``"auto"`` chooses the level-2 engine for a model with one grouping factor, no
+    covariance term and a group of more than ``FLAT_ROWS`` rows: the same model, computed
+    another way.
     """
-    if engine not in ("auto", "general"):
-        raise ValueError(f"engine must be 'auto' or 'general', not {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     pf = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}.")
@@ -566,7 +580,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
     # grouping factors: which are on the residual subject (level 1), which are level 2
     n = len(df)
-    grouping = _grouping(pf, df, general=engine == "general")
+    grouping = _grouping(pf, df, general={"auto": None, "general": True, "subjects": False}[engine])
     terms, subject, level1 = grouping.terms, grouping.subject, grouping.level1
     factors = grouping.factors
 

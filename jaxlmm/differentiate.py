@@ -136,7 +136,9 @@ def _check_weights(weights, S: int, dtype, spec=None):
         if weights is not None:
             raise LMMError(
                 "Subject weights need independent subjects; with nested or crossed random effects the subjects are "
-                "correlated through the other factors, so weights are not supported for this model."
+                "correlated through the other factors, so weights are not supported for this model "
+                "(one grouping factor with more than 16 rows in a group is computed this way by default; fit it with "
+                "engine='subjects')."
             )
         return None
     if weights is None:
@@ -608,7 +610,9 @@ def influence(result, method: str = "derivative") -> pd.DataFrame:
     if result.model.spec.plan is not None:
         raise LMMError(
             "influence() measures the weight of each independent subject; with nested or crossed random effects the "
-            "subjects are correlated through the other factors, so it is not available for this model."
+            "subjects are correlated through the other factors, so it is not available for this model "
+            "(one grouping factor with more than 16 rows in a group is computed this way by default; fit it with "
+            "engine='subjects')."
         )
     if method not in ("derivative", "one-step", "loo"):
         raise LMMError(f"method must be 'derivative', 'one-step' or 'loo', not {method!r}.")

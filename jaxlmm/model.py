@@ -15,7 +15,7 @@ import pandas as pd
 from .batch import fit_batch_padded, responses_to_padded
 from .checks import (as_frame, check_bool, check_choice, check_count, check_keywords, check_number, check_seed,
                      check_vector)
-from .design import build_design, check_columns
+from .design import ENGINES, build_design, check_columns
 from .errors import ConvergenceWarning, DataError
 from .fitting import centred, fit_arrays, make_payload
 from .optimize import BOUNDARY, STATUS
@@ -35,10 +35,12 @@ class Model:
     data : pandas.DataFrame
         One row per observation.  The response may be absent when the model is only used to
         simulate.
-    engine : "auto" or "general"
-        ``"general"`` computes a model with one grouping factor by the nested and crossed engine
-        (penalised least squares over the factor's levels) instead of per-subject covariance
-        matrices: the same likelihood, for checks.
+    engine : "auto", "general" or "subjects"
+        How a model with one grouping factor is computed: ``"general"`` by the nested and crossed
+        engine (penalised least squares over the factor's levels, a ``k x k`` system per level),
+        ``"subjects"`` by a ``T x T`` marginal covariance per subject (needed by ``influence``,
+        subject weights and ``fit_many``); ``"auto"`` takes the first when there is no covariance
+        term and some group has more than 16 rows, else the second.  The same likelihood.
 
     Examples
     --------
@@ -52,7 +54,7 @@ class Model:
 
     def __init__(self, formula: str, data: pd.DataFrame, engine: str = "auto"):
         data = as_frame(data, "data")
-        engine = check_choice(engine, "engine", ("auto", "general"))
+        engine = check_choice(engine, "engine", ENGINES)
         self.formula = formula
         self.data = data
         self.engine = engine

@@ -472,7 +472,7 @@ class _Study:
                 f"The response {pf.response!r} of the formula is a design column; name the response something else."
             )
         try:
-            self.model = Model(formula, template)
+            self.model = Model(formula, template, engine="subjects")
         except LMMError as e:
             raise type(e)(
                 f"{e}\n(The analysis formula must use the design's columns: {list(template.columns)}.)"
@@ -497,7 +497,7 @@ class _Study:
             parts.append(f"{structure}({design.visit} | {design.subject})")
         self.truth_formula = f"{pf.response} ~ " + " + ".join(parts)
         try:
-            self.tmodel = Model(self.truth_formula, template)
+            self.tmodel = Model(self.truth_formula, template, engine="subjects")
         except LMMError as e:
             raise type(e)(f"Truth: {e}") from None
         tinfo, tspec = self.tmodel.info, self.tmodel.spec

@@ -15,6 +15,7 @@ from scipy.stats import multivariate_normal
 
 import jaxlmm as lmm
 from jaxlmm.errors import DataError, FormulaError, LMMError
+from jaxlmm.design import FLAT_ROWS
 from jaxlmm.likelihood import cluster_layout, deviance
 from jaxlmm.pls import aggregate, eliminate
 from jaxlmm.spec import cluster_covariance
@@ -125,7 +126,7 @@ def test_general_engine_equals_single_factor_engine(case):
     a level-2 factor): the same deviance function to 1e-10 and the same fit."""
     df = pd.read_csv(REF / "data" / case["dataset"])
     f, reml = case["jaxlmm_formula"], case["reml"]
-    a, b = lmm.Model(f, df), lmm.Model(f, df, engine="general")
+    a, b = lmm.Model(f, df, engine="subjects"), lmm.Model(f, df, engine="general")
     assert a.spec.plan is None and b.spec.plan is not None
     th = np.random.default_rng(2).normal(scale=0.3, size=a.spec.n_theta)
     da = float(deviance(jnp.asarray(th), a.payload[1], a.spec, reml))
@@ -135,6 +136,34 @@ def test_general_engine_equals_single_factor_engine(case):
     assert rb.deviance == pytest.approx(ra.deviance, rel=1e-10)
     np.testing.assert_allclose(rb.fixef, ra.fixef, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rb.theta, ra.theta, rtol=1e-3, atol=1e-4)
+
+
+def test_large_groups_go_to_the_level2_engine():
+    """One grouping factor, no covariance term, groups of more than FLAT_ROWS rows: "auto"
+    computes it by the level-2 engine (k x k per level), with the same fit as per subject;
+    groups of at most FLAT_ROWS rows stay per subject; "subjects" forces the per-subject layout."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 40, size=60)
+    g = np.repeat(np.arange(60), sizes)
+    n = len(g)
+    x = rng.normal(size=n)
+    y = 2 + 0.5 * x + rng.normal(size=60)[g] + 0.4 * rng.normal(size=60)[g] * x + rng.normal(size=n)
+    df = pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g]})
+    f = "y ~ x + (x | g)"
+    auto, subj = lmm.Model(f, df), lmm.Model(f, df, engine="subjects")
+    assert auto.payload[0] == "flat" and subj.spec.plan is None
+    ra, rs = quiet(auto.fit), quiet(subj.fit)
+    assert ra.deviance == pytest.approx(rs.deviance, rel=1e-10)
+    np.testing.assert_allclose(ra.fixef, rs.fixef, rtol=1e-6)
+    np.testing.assert_allclose(ra.coef_table["std_error"], rs.coef_table["std_error"], rtol=1e-5)
+    np.testing.assert_allclose(ra.coef_table["df"], rs.coef_table["df"], rtol=1e-4)
+    ba, bs = ra.ranef, rs.ranef
+    assert list(ba.columns) == list(bs.columns) and len(ba) == 60
+    np.testing.assert_allclose(ba.loc[bs.index].to_numpy(), bs.to_numpy(), rtol=1e-4, atol=1e-6)
+    small = df[df.groupby("g").cumcount() < FLAT_ROWS]
+    assert lmm.Model(f, small).spec.plan is None
+    with pytest.raises(LMMError, match="engine='subjects'"):
+        lmm.influence(ra)
 
 
 def test_nested_batch_equals_single_fits_and_is_bit_identical_whatever_the_chunks(nested):
