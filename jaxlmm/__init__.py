@@ -11,6 +11,7 @@ Public API (the table of contents):
   fits in one compiled call (:class:`BatchResult`, :class:`BootstrapResult`).
 - :func:`deviance`: the pure, differentiable -2 (restricted) log-likelihood.
 - :func:`example_trial`, :func:`simulate_longitudinal`: built-in, deterministic example data.
+- :func:`set_compilation_cache`: JAX's persistent compilation cache (on by default).
 - Errors: :class:`LMMError` (a ``ValueError``), :class:`FormulaError`, :class:`DataError`, :class:`ArgumentError` (also a ``TypeError``);
   :class:`ConvergenceWarning`.
 """
@@ -30,6 +31,10 @@ if not _os.environ.get("JAXLMM_NO_X64"):
         _os.environ["JAX_ENABLE_X64"] = "1"
 
 from .errors import ArgumentError, ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
+from .cache import default_cache_dir, set_compilation_cache  # noqa: E402
+from . import cache as _cache  # noqa: E402
+
+_cache.configure()  # JAX's persistent compilation cache (jaxlmm/cache.py; JAXLMM_CACHE=0 turns it off)
 
 _EXPORTS = {
     "batch": ("BatchResult", "fit_many"),
@@ -124,4 +129,6 @@ __all__ = [
     "Dropout",
     "Truth",
     "SampleSize",
+    "set_compilation_cache",
+    "default_cache_dir",
 ]
