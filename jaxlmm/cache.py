@@ -11,6 +11,10 @@ took more than a second to compile); with the ``filelock`` package installed JAX
 under ``MAX_BYTES`` (evicting the least recently used), without it the directory grows and
 may be deleted at any time.
 
+Loading a cached program makes XLA log a C++ warning per program on CPU; when jaxlmm turns the
+cache on before JAX is imported it sets ``TF_CPP_MIN_LOG_LEVEL=2`` (errors only) unless the
+variable is already set.
+
 This module does not import JAX at import time: :func:`configure` sets JAX's environment
 variables when JAX is not loaded yet (it reads them at import), and ``jax.config`` otherwise.
 """
