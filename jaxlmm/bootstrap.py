@@ -80,5 +80,5 @@ def parametric_bootstrap(result, n: int, seed: int = 0, **kwargs) -> BootstrapRe
         return simulate_padded(int(seed), jnp.asarray(idx), th, beta, data, mj, model.spec), None
 
     batch = fit_batch_padded(model, source, int(n), reml=rec.reml, theta0=rec.unit_theta, hess0=rec.unit_hessian,
-                             shared_mask=m, **kwargs)
+                             log_scale0=rec.log_scale, shared_mask=m, **kwargs)
     return BootstrapResult(result, batch, seed)

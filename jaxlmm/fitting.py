@@ -52,7 +52,8 @@ class FitRecord:
     "bfgs+newton": BFGS, then Newton steps with finite-difference Hessians of exact gradients),
     ``start`` ("moments", "user", or "neutral" when the first attempt failed and the fit was
     retried without correlations), ``attempts``; ``scale`` and ``offset``: the map
-    ``theta = scale * theta_u + offset`` to the unit-scale parameters the optimiser used."""
+    ``theta = scale * theta_u + offset`` to the unit-scale parameters the optimiser used, and
+    ``log_scale`` the log response scale (RMS of the OLS residuals) that map was built from."""
 
     theta: np.ndarray
     beta: np.ndarray
@@ -69,6 +70,7 @@ class FitRecord:
     optimizer: str = "newton"
     scale: np.ndarray | None = None
     offset: np.ndarray | None = None
+    log_scale: float = 0.0
 
     def __post_init__(self):
         k = len(np.atleast_1d(self.theta))
@@ -262,7 +264,8 @@ def fit_arrays(arrays: ModelData, spec, reml: bool, theta0=None, *, payload=None
                      deviance=float(res.fun) + dev0, reml=bool(reml), status=status, n_iter=int(res.n_iter),
                      gradient=np.asarray(res.grad) / mult, hessian=np.asarray(res.hess) / np.outer(mult, mult),
                      layout=layout, start=how, attempts=attempts,
-                     optimizer="newton" if spec.plan is None else "bfgs+newton", scale=mult, offset=shift)
+                     optimizer="newton" if spec.plan is None else "bfgs+newton", scale=mult, offset=shift,
+                     log_scale=log_sy)
 
 
 def start_values(data: ModelData, spec) -> np.ndarray:

@@ -127,7 +127,7 @@ class Model:
             rec = fit_arrays(self.arrays, self.spec, reml) if self.has_response else rec
         if rec is None:
             raise DataError("No replicate of Y can be fitted (each has an infinite value or too few observed values).")
-        return rec.unit_theta, rec.unit_hessian
+        return rec.unit_theta, rec.unit_hessian, rec.log_scale
 
     def fit_batch(self, Y, reml: bool = True, *, start=None, chunk_size=None, memory_budget=2e9,
                   progress=None, devices=None, dtype="float64", max_iter: int = 60):
@@ -169,9 +169,9 @@ class Model:
             raise DataError("No replicate of Y can be fitted: each has an infinite value or no more observed values "
                             f"than the {len(self.info.fixed_names)} fixed effects.")
         if start is not None:
-            theta0, hess0 = start.record.unit_theta, start.record.unit_hessian
+            theta0, hess0, log0 = start.record.unit_theta, start.record.unit_hessian, start.record.log_scale
         else:
-            theta0, hess0 = self.pilot(y, m, reml, candidates=good)
+            theta0, hess0, log0 = self.pilot(y, m, reml, candidates=good)
         if bad.any():  # computed on a good replicate's data, reported as invalid
             y, m = y.copy(), m.copy()
             y[bad], m[bad] = y[good[0]], m[good[0]]
@@ -181,7 +181,8 @@ class Model:
             return y[idx], (None if shared else m[idx])
 
         return fit_batch_padded(
-            self, source, B, reml=reml, theta0=theta0, hess0=hess0, shared_mask=m[0] if shared else None, bad=bad,
+            self, source, B, reml=reml, theta0=theta0, hess0=hess0, log_scale0=log0, anchored=start is not None,
+            shared_mask=m[0] if shared else None, bad=bad,
             chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, devices=devices,
             dtype=jnp.dtype(dtype), max_iter=max_iter,
         )
