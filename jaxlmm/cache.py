@@ -11,9 +11,14 @@ took more than a second to compile); with the ``filelock`` package installed JAX
 under ``MAX_BYTES`` (evicting the least recently used), without it the directory grows and
 may be deleted at any time.
 
-Loading a cached program makes XLA log a C++ warning per program on CPU; when jaxlmm turns the
-cache on before JAX is imported it sets ``TF_CPP_MIN_LOG_LEVEL=2`` (errors only) unless the
-variable is already set.
+Loading a cached program makes XLA log a C++ message per program on CPU: a warning, and on
+machines with AVX-512 (where XLA records the LLVM tuning flags ``+prefer-no-gather`` and
+``+prefer-no-scatter`` among the compile machine's features) an ERROR-level false alarm per
+flag about a machine mismatch (jax-ml/jax#38445; the program loads and runs).  XLA reads its
+log level once, when JAX is imported, so jaxlmm turns the cache on by itself only when it is
+imported before JAX: it then sets ``TF_CPP_MIN_LOG_LEVEL=3`` (no C++ log lines; Python errors
+are unchanged) unless the variable is already set.  Imported after JAX, jaxlmm leaves the cache
+off; ``set_compilation_cache(True)`` turns it on (the messages then show).
 
 This module does not import JAX at import time: :func:`configure` sets JAX's environment
 variables when JAX is not loaded yet (it reads them at import), and ``jax.config`` otherwise.
@@ -58,24 +63,20 @@ def _usable(path: Path) -> bool:
 
 
 def configure() -> None:
-    """Switch the cache on at import unless turned off or already chosen for JAX."""
+    """Switch the cache on at import unless turned off, already chosen for JAX, or JAX is
+    already imported (module docstring)."""
     if os.environ.get("JAXLMM_CACHE", "1").strip().lower() in _OFF:
         return
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
-    jax = sys.modules.get("jax")
-    if jax is not None and jax.config.jax_compilation_cache_dir:
+    if "jax" in sys.modules:  # too late to quieten XLA's loader messages (module docstring)
         return
     path = default_cache_dir()
     if not _usable(path):
         return
-    if jax is None:  # loading a cached program logs a C++ warning per program; keep errors only
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for key, value in _settings(path).items():
-        if jax is None:
-            os.environ.setdefault(key.upper(), str(value))
-        else:
-            jax.config.update(key, value)
+        os.environ.setdefault(key.upper(), str(value))
 
 
 def _reset() -> None:
