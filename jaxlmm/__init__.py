@@ -41,6 +41,7 @@ _EXPORTS = {
     "bootstrap": ("BootstrapResult",),
     "compare": ("bootstrap_lrt", "compare", "lrt"),
     "selection": ("Selection", "select_covariance", "select_random"),
+    "distributed": ("initialize_distributed",),
     "datasets": ("example_trial", "simulate_crossed", "simulate_longitudinal", "simulate_nested"),
     "differentiate": ("Solution", "fixed_effects_vcov", "influence", "loglik", "params_from_result",
                       "profiled_deviance", "solve", "weighted_deviance"),
@@ -130,5 +131,6 @@ __all__ = [
     "Truth",
     "SampleSize",
     "set_compilation_cache",
+    "initialize_distributed",
     "default_cache_dir",
 ]

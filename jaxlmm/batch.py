@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .distributed import gather, is_multiprocess, to_mesh
 from .errors import DataError
 from .fitting import column_log_scales, fit_arrays, guard_memory_maps, ols_fit, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
@@ -366,24 +367,34 @@ def fit_batch_padded(
     th0 = jnp.asarray(np.broadcast_to(theta0, (C, len(theta0))), dtype)
     reml_j = jnp.asarray(bool(reml))
 
+    multi = is_multiprocess(mesh)
+    if multi:  # every process holds the same inputs; each places its devices' parts (jaxlmm.distributed)
+        Binv0, scales, data, reml_j = to_mesh((Binv0, scales, data, reml_j), mesh, sharded=False)
+        th0 = to_mesh(th0, mesh, sharded=True)
+        if path == "patterns":
+            m_j, pdes_j = to_mesh((m_j, pdes_j), mesh, sharded=False)
+        elif path == "flat":
+            fd = to_mesh(fd, mesh, sharded=False)
+
     out = {k: [] for k in ("x", "f", "it", "st", "beta", "se", "nat")}
     bar = progress_bar(B, progress if n_chunks > 1 or progress else False)
     for c in range(n_chunks):
         idx = np.arange(c * C, (c + 1) * C)
         idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
         y, m = source(idx)
-        y = jnp.asarray(y, dtype)
+        y = to_mesh(np.asarray(y, dtype), mesh, sharded=True) if multi else jnp.asarray(y, dtype)
         if path == "patterns":
             res = _batch_patterns(th0, Binv0, y, m_j, data.X, scales, pdes_j, spec, layout, reml_j, max_iter, tol,
                                   mesh=mesh)
         else:
-            m = jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
+            m = np.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
+            m = to_mesh(m, mesh, sharded=True) if multi else jnp.asarray(m)
             if path == "flat":
                 res = _batch_flat(th0, Binv0, y, m, scales, data, fd, spec, shared_mask is not None, reml_j, max_iter,
                                   tol, mesh=mesh)
             else:
                 res = _batch_general(th0, Binv0, y, m, scales, data, spec, reml_j, max_iter, tol, mesh=mesh)
-        res = jax.device_get(res)
+        res = gather(res) if multi else jax.device_get(res)
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
             out[k].append(np.asarray(v)[:n_real])

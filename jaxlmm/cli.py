@@ -244,6 +244,46 @@ def _power(args) -> int:
     return 0
 
 
+def _distributed_flags(p):
+    g = p.add_argument_group("several processes (JAX's multi-process runtime; docs/batch.md)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join jax.distributed first: every process runs the same command, the replicates are "
+                        "split over the devices of all of them, process 0 prints the result")
+    g.add_argument("--coordinator", help="host:port of process 0 (default: from the cluster environment, e.g. Slurm)")
+    g.add_argument("--num-processes", type=int, help="number of processes (default: from the cluster environment)")
+    g.add_argument("--process-id", type=int, help="this process's rank (default: from the cluster environment)")
+
+
+def _run_distributed(args) -> int:
+    """Run the command in every process of a jax.distributed job; only process 0 prints.  The
+    C++ runtime's own messages (gloo's connection lines) are written to file descriptor 1:
+    it is pointed at stderr while the command runs, so standard output holds only the result
+    (``--json`` stays parseable)."""
+    import contextlib
+    import io
+    import os
+
+    from .distributed import initialize_distributed
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+        import jax
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = args.func(args)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    if jax.process_index() == 0:
+        sys.stdout.write(out.getvalue())
+    return rc
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxlmm", description="Linear mixed models in JAX.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -280,6 +320,7 @@ def main(argv=None) -> int:
     p.add_argument("--level", type=float, default=0.95)
     p.add_argument("--ml", action="store_true")
     p.add_argument("--json", action="store_true")
+    _distributed_flags(p)
     p.set_defaults(func=_bootstrap)
 
     p = sub.add_parser("power", help="power of a two-arm MMRM by simulation (treatment difference at the last visit)")
@@ -297,12 +338,15 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    _distributed_flags(p)
     p.set_defaults(func=_power)
 
     args = parser.parse_args(argv)
     from .errors import LMMError
 
     try:
+        if getattr(args, "distributed", False):
+            return _run_distributed(args)
         return args.func(args)
     except (LMMError, CLIError, FileNotFoundError) as e:
         msg = " ".join(str(e).split())

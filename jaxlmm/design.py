@@ -749,7 +749,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
                     f"residual. Check that {f.name!r} groups several rows, or drop or simplify its terms."
                 )
     resid0 = yv - X @ np.linalg.lstsq(X, yv, rcond=None)[0]
-    if has_response and np.linalg.norm(resid0) <= 1e-10 * max(np.linalg.norm(yv), 1e-300):
+    # the rule of fitting.ols_fit: a residual RMS below 1e-12 of the response's RMS
+    if has_response and np.linalg.norm(resid0) <= 1e-12 * max(np.linalg.norm(yv), 1e-300):
         raise DataError(
             f"The response {pf.response!r} is fitted exactly by the fixed effects (e.g. it is constant), so there is "
             "no variation left to model; check the response column."

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .distributed import gather, is_multiprocess, to_mesh
 from .errors import DataError, FormulaError, LMMError
 from .likelihood import deviance, gls_pieces
 from .patterns import PatternDesign, PatternResponse, Patterns
@@ -842,11 +843,17 @@ class _Runner:
         outs = []
         for a in range(0, B, C):
             idx = np.minimum(np.arange(a, a + C), B - 1)
-            args = [jnp.asarray(s_idx[idx], jnp.int32), jnp.asarray(r_idx[idx], jnp.int32),
-                    jnp.asarray(x0[idx], jnp.float64), jnp.asarray(Binv0[idx], jnp.float64)]
-            out = jax.device_get(_fit_items(self.key, *args, tab, self.cs, self.pdf, jnp.asarray(st.reml),
-                                            jnp.asarray(int(max_iter)), st.model.spec, st.use_patterns,
-                                            mesh=self.mesh))
+            args = [np.asarray(s_idx[idx], np.int32), np.asarray(r_idx[idx], np.int32),
+                    np.asarray(x0[idx], np.float64), np.asarray(Binv0[idx], np.float64)]
+            rest = (self.key, tab, self.cs, self.pdf, np.asarray(st.reml), np.asarray(int(max_iter)))
+            multi = is_multiprocess(self.mesh)
+            if multi:  # every process holds the same inputs; each places its devices' parts
+                args, rest = to_mesh(args, self.mesh, sharded=True), to_mesh(rest, self.mesh, sharded=False)
+            else:
+                args = [jnp.asarray(a) for a in args]
+            key, tab_, cs, pdf, reml, mi = rest
+            out = _fit_items(key, *args, tab_, cs, pdf, reml, mi, st.model.spec, st.use_patterns, mesh=self.mesh)
+            out = gather(out) if multi else jax.device_get(out)
             n_real = min(C, B - a)
             outs.append({k: np.asarray(v)[:n_real] for k, v in out.items()})
             if bar is not None:

@@ -15,7 +15,7 @@ LAYERS = {
     "formula": 1, "datasets": 1, "checks": 1,
     "covariance": 2, "terms": 2, "spec": 2, "design": 2,
     "linalg": 3, "pls": 3, "patterns": 3, "likelihood": 3, "simulate": 3,
-    "optimize": 4,
+    "optimize": 4, "distributed": 4,
     "fitting": 5, "batch": 5,
     "inference": 6, "profile": 6, "bootstrap": 6, "compare": 6, "differentiate": 6, "ranef": 6,
     "results": 7,

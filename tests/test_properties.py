@@ -18,16 +18,16 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import jaxlmm as lmm
 from jaxlmm.optimize import INVALID
 
 settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 settings.register_profile("long", max_examples=80, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 T = 4
@@ -72,6 +72,9 @@ def _sd(names):
        shift=st.floats(-1e3, 1e3), slope=st.floats(-50, 50))
 def test_affine_equivariance_of_the_response(df, formula, log_c, sign, shift, slope):
     c = sign * 10.0**log_c
+    # a shift of more than 1e6 residual SDs leaves fewer than 10 of float64's digits to the
+    # residual variation before any fit starts: equivariance holds to the precision the data carry
+    assume((abs(shift) + abs(slope) * df["x"].abs().max()) <= 1e6 * abs(c))
     r0 = quiet(lmm.fit, formula, df)
     r = quiet(lmm.fit, formula, df.assign(y=c * df["y"] + shift + slope * df["x"]))
     assert r.status == r0.status
