@@ -36,7 +36,7 @@ import pandas as pd
 
 from .distributed import gather, is_multiprocess, to_mesh
 from .errors import DataError
-from .fitting import column_log_scales, fit_arrays, guard_memory_maps, ols_fit, start_values
+from .fitting import column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_fit, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
 from .optimize import BOUNDARY, CONVERGED, INVALID, STATUS, bfgs_warm, newton, psd_inverse
 from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
@@ -413,7 +413,7 @@ def fit_batch_padded(
             n_retry = len(fail)
             _retry(model, source, fail, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
             for i in fail:
-                nat[i] = np.asarray(_natural(jnp.asarray(x[i]), spec))
+                nat[i] = np.asarray(natural_values(jnp.asarray(x[i]), spec)[0])
     if bad.any():
         for a in (x, f, beta, se, nat):
             a[bad] = np.nan
@@ -432,11 +432,6 @@ def fit_batch_padded(
         path=path,
         n_retried=n_retry,
     )
-
-
-@partial(jax.jit, static_argnames=("spec",))
-def _natural(x, spec):
-    return spec.natural(x)
 
 
 def _retry(model, source, bad, reml, x, f, it, st, beta, se, shared_mask, max_iter):

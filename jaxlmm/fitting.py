@@ -38,7 +38,7 @@ from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, 
 from .spec import ModelData
 
 __all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
-           "ols_fit", "centred", "column_log_scales", "unit_scaled"]
+           "ols_fit", "centred", "column_log_scales", "unit_scaled", "natural_values"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,13 @@ def make_payload(arrays: ModelData, spec):
         pd_j = PatternDesign(*(None if a is None else jnp.asarray(a, jnp.float64) for a in pdes._replace(Xs=None)))
         return "patterns", Patterns(pd_j, PatternResponse(*(jnp.asarray(a, jnp.float64) for a in pr)))
     return "subjects", arrays.to_jax()
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def natural_values(theta, spec):
+    """``(natural parameters, their Jacobian in theta)`` in one compiled program (evaluated op
+    by op, the few transforms would each compile a program of their own)."""
+    return spec.natural(theta), jax.jacfwd(spec.natural)(theta)
 
 
 @partial(jax.jit, static_argnames=("spec", "max_iter", "tol"))

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .distributions import norm_ppf, t_ppf, t_sf
 from .distributed import gather, is_multiprocess, to_mesh
 from .errors import DataError, FormulaError, LMMError
 from .likelihood import deviance, gls_pieces
@@ -377,10 +378,8 @@ def wilson_interval(k, n, level: float = 0.95):
     >>> round(float(lo), 4), round(float(hi), 4)
     (0.7112, 0.8666)
     """
-    from scipy import stats
-
     k, n = np.asarray(k, float), np.asarray(n, float)
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = norm_ppf(0.5 + level / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / n
         den = 1 + z * z / n
@@ -955,15 +954,13 @@ def _grid_columns(rows):
 
 
 def _summarise(res, rows, scens, alpha, ddf, nsim):
-    from scipy import stats
-
     est, se, status = res["est"], res["se"], res["status"]
     df = res["df"][:, DDF_POWER.index(ddf)]
     ok = np.isin(status, (CONVERGED, BOUNDARY)) & np.isfinite(est) & np.isfinite(se) & (se > 0) & (df > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         t = est / se
-        pval = 2 * stats.t.sf(np.abs(t), np.where(ok, df, 1.0))
-        q = stats.t.ppf(1 - alpha / 2, np.where(ok, df, 1.0))
+        pval = 2 * t_sf(np.abs(t), np.where(ok, df, 1.0))
+        q = t_ppf(1 - alpha / 2, np.where(ok, df, 1.0))
     lower, upper = est - q * se, est + q * se
     reject = ok & (pval < alpha)
     out = []

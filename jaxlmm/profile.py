@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.linalg import cho_solve, solve_triangular
-from scipy import stats
 
+from .distributions import norm_ppf
 from .errors import LMMError
 from .likelihood import assemble, gls_factor, gls_pieces
 from .spec import NaturalSpec
@@ -244,7 +244,7 @@ def profile(result, which=None, n_points: int = 13, level_max: float = 0.99, cri
     """
     prob = _Problem(result, criterion)
     tgts = prob.targets(which)
-    zmax = stats.norm.ppf(0.5 + level_max / 2)
+    zmax = norm_ppf(0.5 + level_max / 2)
     t = np.linspace(-1.3 * zmax, 1.3 * zmax, int(n_points))
     rows, vals, starts, info = [], [], [], []
     for tgt in tgts:
@@ -288,7 +288,7 @@ def confint_profile(result, which=None, level: float = 0.95, criterion=None, max
         raise LMMError(f"level must be in (0, 1), got {level!r}.")
     prob = _Problem(result, criterion)
     tgts = prob.targets(which)
-    z = float(stats.norm.ppf(0.5 + level / 2))
+    z = float(norm_ppf(0.5 + level / 2))
     ends = [(tgt, s) for tgt in tgts for s in (-1.0, 1.0)]
     E = len(ends)
     info = []

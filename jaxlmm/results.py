@@ -12,11 +12,12 @@ from functools import cached_property
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from .distributions import norm_ppf, t_ppf, t_sf
 from .checks import as_frame, check_choice, check_count, check_keywords, check_seed
 from .design import check_columns, levels_of, new_design_rows
 from .errors import LMMError
+from .fitting import natural_values
 from .optimize import BOUNDARY, CONVERGED, STATUS
 
 __all__ = ["LMMResult"]
@@ -213,8 +214,8 @@ class LMMResult:
         se = np.sqrt(np.diag(self._vcov_used()))
         df = self._df()
         t = est / se
-        p = 2 * stats.t.sf(np.abs(t), df)
-        q = stats.t.ppf(0.975, df)
+        p = 2 * t_sf(np.abs(t), df)
+        q = t_ppf(0.975, df)
         return pd.DataFrame(
             {
                 "estimate": est,
@@ -384,21 +385,23 @@ class LMMResult:
         est = np.array([r["estimate"] for r in res])
         se = np.array([r["std_error"] for r in res])
         df = np.array([r["den_df"] for r in res])
-        q = stats.t.ppf(0.5 + level / 2, df)
+        q = t_ppf(0.5 + level / 2, df)
         name = "estimate" if pairs else "emmean"
         out[name], out["std_error"], out["df"] = est, se, df
         if pairs:
             t = est / se
             out["t_value"] = t
-            p_raw = 2 * stats.t.sf(np.abs(t), df)
+            p_raw = 2 * t_sf(np.abs(t), df)
             if adjust == "none":
                 out["p_value"] = p_raw
             elif adjust == "tukey":
+                from scipy import stats  # studentized range: only for Tukey pairs
+
                 out["p_value"] = stats.studentized_range.sf(np.sqrt(2) * np.abs(t), n_means, df)
                 q = stats.studentized_range.ppf(level, n_means, df) / np.sqrt(2)
             else:  # bonferroni
                 out["p_value"] = np.minimum(1.0, p_raw * n_pairs)
-                q = stats.t.ppf(1 - (1 - level) / (2 * n_pairs), df)
+                q = t_ppf(1 - (1 - level) / (2 * n_pairs), df)
             out["adjust"] = adjust
         out["ci_lower"], out["ci_upper"] = est - q * se, est + q * se
         return out
@@ -426,8 +429,13 @@ class LMMResult:
     @property
     def theta(self) -> pd.Series:
         spec = self.model.spec
-        vals = np.asarray(spec.natural(jnp.asarray(self.record.theta)))
-        return pd.Series(vals, index=spec.names(self.info.visit_labels), name="estimate")
+        return pd.Series(self._natural[0], index=spec.names(self.info.visit_labels), name="estimate")
+
+    @cached_property
+    def _natural(self):
+        """Natural parameters and their Jacobian in theta (host arrays)."""
+        vals, J = natural_values(jnp.asarray(self.record.theta), self.model.spec)
+        return np.asarray(vals), np.asarray(J)
 
     @property
     def theta_table(self) -> pd.DataFrame:
@@ -451,15 +459,11 @@ class LMMResult:
         return self._theta_wald(0.95)
 
     def _theta_wald(self, level):
-        import jax
-
-        spec = self.model.spec
-        th = jnp.asarray(self.record.theta)
-        J = np.asarray(jax.jacfwd(spec.natural)(th))
+        J = self._natural[1]
         cov = J @ self.record.theta_covariance() @ J.T
         est = self.theta
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        z = stats.norm.ppf(0.5 + level / 2)
+        z = norm_ppf(0.5 + level / 2)
         lo, hi = np.empty(len(est)), np.empty(len(est))
         for i, (name, v) in enumerate(est.items()):
             if name.startswith("sd[") or name == "sigma":
@@ -527,7 +531,7 @@ class LMMResult:
             return confint_profile(self, which=which, level=level, criterion=criterion)
         if method == "wald":
             ct = self.coef_table
-            q = stats.t.ppf(0.5 + level / 2, ct["df"])
+            q = t_ppf(0.5 + level / 2, ct["df"])
             fx = pd.DataFrame({"estimate": ct["estimate"], "lower": ct["estimate"] - q * ct["std_error"],
                                "upper": ct["estimate"] + q * ct["std_error"]})
             th = self._theta_wald(level)

@@ -12,9 +12,10 @@ import jaxlmm as lmm
 from jaxlmm.errors import ArgumentError
 
 FIT = (
-    "import jaxlmm as lmm, jax\n"
-    "r = lmm.fit('CHG ~ ARMCD + BASE + ar1(AVISIT | USUBJID)', lmm.example_trial(60))\n"
+    "import sys, jaxlmm as lmm, jax\n"
+    "r = lmm.fit('CHG ~ ARMCD + BASE + ar1(AVISIT | USUBJID)', lmm.example_trial(60)); r.summary()\n"
     "print(jax.config.jax_compilation_cache_dir); print(repr(round(r.deviance, 8)))\n"
+    "print('scipy.stats' in sys.modules)\n"
 )
 
 
@@ -37,12 +38,13 @@ def test_second_process_loads_from_the_cache(tmp_path):
     assert second[1] == first[1]  # the same fit from the loaded program
     assert "cpu_aot_loader" not in err and "pjrt_executable" not in err, err[:2000]  # XLA's loader logs hidden
     assert set(os.listdir(d)) == files  # nothing compiled anew
+    assert first[2] == "False"  # a fit and its summary do not import scipy.stats (slow to import)
 
 
 def test_cache_switched_off_or_left_to_the_user(tmp_path):
     assert _run(FIT, JAXLMM_CACHE="0")[0] == "None"
     # imported after JAX: XLA's log level is already fixed, so the cache stays off
-    assert _run(FIT.replace("import jaxlmm as lmm, jax", "import jax, jaxlmm as lmm"))[0] == "None"
+    assert _run(FIT.replace("import sys, jaxlmm as lmm, jax", "import sys, jax, jaxlmm as lmm"))[0] == "None"
     mine = tmp_path / "mine"
     assert _run(FIT, JAX_COMPILATION_CACHE_DIR=str(mine))[0] == str(mine)
     assert _run("import jaxlmm\n", XDG_CACHE_HOME=str(tmp_path / "xdg")) == [""]
