@@ -36,8 +36,7 @@ import pandas as pd
 
 from .distributed import gather, is_multiprocess, to_mesh
 from .errors import DataError
-from .fitting import (column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_fit, ols_prepare,
-                      start_values)
+from .fitting import column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_fit, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
 from .optimize import BOUNDARY, CONVERGED, INVALID, STATUS, bfgs_warm, newton, psd_inverse
 from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
@@ -115,10 +114,9 @@ def _over_devices(fn, mesh, n_sharded, n_replicated):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
 
 
-def _centre(yb, mb, X, prepared=None):
-    """The replicate's OLS fit: ``(y - X beta0, beta0, log_s, exact)`` (:func:`jaxlmm.fitting.ols_fit`;
-    ``prepared``: its response-free part, shared by replicates with one mask)."""
-    beta0, log_s, exact = ols_fit(yb, mb, X, xp=jnp, prepared=prepared)
+def _centre(yb, mb, X):
+    """The replicate's OLS fit: ``(y - X beta0, beta0, log_s, exact)`` (:func:`jaxlmm.fitting.ols_fit`)."""
+    beta0, log_s, exact = ols_fit(yb, mb, X, xp=jnp)
     return (yb - X @ beta0) * mb, beta0, log_s, exact
 
 
@@ -149,11 +147,9 @@ def _solve_one(dev, u0, Binv0, payload, spec, centre, mb, scales, reml, max_iter
 @partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol", "mesh"))
 def _batch_patterns(u0, Binv0, y, m, X, scales, pdes, spec, layout, reml, max_iter, tol, mesh=None):
     def run(u0s, ys, Binv0, m, X, scales, pdes, reml):
-        prepared = ols_prepare(m, X)  # one mask: X'X factored once for all replicates
-
         def one(args):
             u, yb = args
-            c = _centre(yb, m, X, prepared)
+            c = _centre(yb, m, X)
             pay = Patterns(pdes, pattern_response(c[0], m, pdes, layout))
             dev = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
             return _solve_one(dev, u, Binv0, pay, spec, c, m, scales, reml, max_iter, tol)

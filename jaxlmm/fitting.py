@@ -38,7 +38,7 @@ from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, 
 from .spec import ModelData
 
 __all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
-           "ols_fit", "ols_prepare", "centred", "column_log_scales", "unit_scaled", "natural_values"]
+           "ols_fit", "centred", "column_log_scales", "unit_scaled", "natural_values"]
 
 
 @dataclass(frozen=True)
@@ -159,38 +159,25 @@ def _fit_host(u0, mult, shift, dev0, payload, spec, reml, max_iter: int, tol: fl
     return res, beta, vcov
 
 
-def ols_prepare(m, X):
-    """The response-free part of :func:`ols_fit` inside compiled code: ``(X_f, d, LU)``, the
-    masked design as rows, its column norms and the LU factor of the equilibrated normal
-    matrix ``X'X / (d d') + 1e-15 I``.  Replicates that share a mask share it."""
-    from jax.scipy.linalg import lu_factor
-
-    p = X.shape[-1]
-    Xf = (X * m[..., None]).reshape(-1, p)
-    A = Xf.T @ Xf
-    d = jnp.sqrt(jnp.diagonal(A))
-    d = jnp.where(d > 0, d, 1.0)
-    return Xf, d, lu_factor(A / (d[:, None] * d[None, :]) + 1e-15 * jnp.eye(p, dtype=A.dtype))
-
-
-def ols_fit(y, m, X, xp=np, prepared=None):
+def ols_fit(y, m, X, xp=np):
     """OLS of ``y`` on ``X`` over the observed cells (mask ``m``): ``(beta, log_s, exact)`` with
     ``log_s`` the log of the RMS of the residuals, the response's scale free of its mean and of
     any shift by the fixed effects (the RMS of ``y``, then 1, when the residuals vanish:
     ``exact``, the fixed effects fit ``y`` exactly).  ``xp`` is numpy (host; least squares by
-    SVD) or ``jax.numpy`` (inside a compiled batch; equilibrated normal equations with one step
-    of refinement, from ``prepared = ols_prepare(m, X)`` when given)."""
+    SVD) or ``jax.numpy`` (inside a compiled batch; equilibrated normal equations)."""
+    Xm = X * m[..., None]
+    ym = y * m
     p = X.shape[-1]
-    yf = (y * m).reshape(-1)
+    Xf, yf = Xm.reshape(-1, p), ym.reshape(-1)
     if xp is np:
-        Xf = (X * m[..., None]).reshape(-1, p)
         beta = np.linalg.lstsq(Xf, yf, rcond=None)[0]
     else:
-        from jax.scipy.linalg import lu_solve
-
-        Xf, d, lu = ols_prepare(m, X) if prepared is None else prepared
-        beta = lu_solve(lu, (Xf.T @ yf) / d) / d
-        beta = beta + lu_solve(lu, (Xf.T @ (yf - Xf @ beta)) / d) / d  # one step of refinement
+        A = Xf.T @ Xf
+        d = xp.sqrt(xp.diagonal(A))
+        d = xp.where(d > 0, d, 1.0)
+        beta = xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p), (Xf.T @ yf) / d) / d
+        beta = beta + xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p),
+                                      (Xf.T @ (yf - Xf @ beta)) / d) / d  # one step of refinement
     r = yf - Xf @ beta
     n = xp.maximum(xp.sum(m), 1.0)
     ms = xp.sum(r * r) / n
