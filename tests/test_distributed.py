@@ -99,3 +99,12 @@ def test_cli_distributed_flag(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     assert outs[0][0] == single.stdout and single.stdout.strip().startswith("{")
     assert outs[1][0] == ""  # only process 0 prints
+
+
+def test_initialize_distributed_checks_its_arguments():
+    import jaxlmm as lmm
+
+    with pytest.raises(lmm.ArgumentError, match="num_processes"):
+        lmm.initialize_distributed("127.0.0.1:1", num_processes="2", process_id=0)
+    with pytest.raises(lmm.ArgumentError, match="process_id"):
+        lmm.initialize_distributed("127.0.0.1:1", num_processes=2, process_id=-1)
