@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .distributed import gather, is_multiprocess, to_mesh
+from .distributed import gather, to_mesh
 from .errors import DataError
 from .fitting import column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_fit, start_values
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
@@ -96,8 +96,8 @@ def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 #: another lane of the same block.
 BLOCK = 32
 
-# Replicates whose response scale (RMS of OLS residuals) is within a factor exp(START_BAND) of
-# the start fit's start at the start fit's estimate; beyond, at the estimate rescaled to theirs.
+# A replicate whose response scale (RMS of OLS residuals) is within a factor exp(START_BAND) of
+# the start fit's starts at that fit's estimate; beyond, at the estimate rescaled to its scale.
 # A bootstrap draw's scale differs from its parent's by about 1 / sqrt(2 n): the estimate itself
 # is then the better start (RI + slope bootstrap: 5.3 instead of 6.0 BFGS steps, the slowest of
 # each block of 32).
@@ -129,7 +129,8 @@ def _solve_one(dev, u0, Binv0, payload, spec, centre, mb, scales, reml, max_iter
     :data:`START_BAND`).  The unit scale of the replicate is its own response scale (RMS of its
     OLS residuals) moved to within ``band`` of ``log_s0``: a replicate of similar scale (a
     bootstrap draw) starts at the start fit's estimate with its inverse Hessian exactly, one of
-    another scale at that estimate rescaled to its own.  A replicate that the fixed effects fit exactly gets status ``INVALID`` and NaN."""
+    another scale at that estimate rescaled to its own.  A replicate that the fixed effects fit
+    exactly gets status ``INVALID`` and NaN."""
     _, beta0, log_sy, exact = centre
     log_sz, log_s0, band = scales
     d = log_sy - log_s0
@@ -367,14 +368,13 @@ def fit_batch_padded(
     th0 = jnp.asarray(np.broadcast_to(theta0, (C, len(theta0))), dtype)
     reml_j = jnp.asarray(bool(reml))
 
-    multi = is_multiprocess(mesh)
-    if multi:  # every process holds the same inputs; each places its devices' parts (jaxlmm.distributed)
-        Binv0, scales, data, reml_j = to_mesh((Binv0, scales, data, reml_j), mesh, sharded=False)
-        th0 = to_mesh(th0, mesh, sharded=True)
-        if path == "patterns":
-            m_j, pdes_j = to_mesh((m_j, pdes_j), mesh, sharded=False)
-        elif path == "flat":
-            fd = to_mesh(fd, mesh, sharded=False)
+    # with several processes each places its devices' parts of the same inputs (jaxlmm.distributed)
+    Binv0, scales, data, reml_j = to_mesh((Binv0, scales, data, reml_j), mesh, sharded=False)
+    th0 = to_mesh(th0, mesh, sharded=True)
+    if path == "patterns":
+        m_j, pdes_j = to_mesh((m_j, pdes_j), mesh, sharded=False)
+    elif path == "flat":
+        fd = to_mesh(fd, mesh, sharded=False)
 
     out = {k: [] for k in ("x", "f", "it", "st", "beta", "se", "nat")}
     bar = progress_bar(B, progress if n_chunks > 1 or progress else False)
@@ -382,19 +382,18 @@ def fit_batch_padded(
         idx = np.arange(c * C, (c + 1) * C)
         idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
         y, m = source(idx)
-        y = to_mesh(np.asarray(y, dtype), mesh, sharded=True) if multi else jnp.asarray(y, dtype)
+        y = to_mesh(jnp.asarray(y, dtype), mesh, sharded=True)
         if path == "patterns":
             res = _batch_patterns(th0, Binv0, y, m_j, data.X, scales, pdes_j, spec, layout, reml_j, max_iter, tol,
                                   mesh=mesh)
         else:
-            m = np.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype)
-            m = to_mesh(m, mesh, sharded=True) if multi else jnp.asarray(m)
+            m = to_mesh(jnp.asarray(shared_mask[None].repeat(C, 0) if m is None else m, dtype), mesh, sharded=True)
             if path == "flat":
                 res = _batch_flat(th0, Binv0, y, m, scales, data, fd, spec, shared_mask is not None, reml_j, max_iter,
                                   tol, mesh=mesh)
             else:
                 res = _batch_general(th0, Binv0, y, m, scales, data, spec, reml_j, max_iter, tol, mesh=mesh)
-        res = gather(res) if multi else jax.device_get(res)
+        res = gather(res, mesh)
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
             out[k].append(np.asarray(v)[:n_real])

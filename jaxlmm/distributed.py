@@ -26,7 +26,7 @@ __all__ = ["initialize_distributed", "is_multiprocess", "to_mesh", "gather"]
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids=None) -> None:
+                           process_id: int | None = None, local_device_ids=None) -> None:
     """Join JAX's multi-process runtime (``jax.distributed.initialize`` with these arguments;
     None: found from the cluster's environment, e.g. Slurm's).  Call it first, in every process."""
     import jax
@@ -52,8 +52,13 @@ def is_multiprocess(mesh) -> bool:
 def to_mesh(tree, mesh, sharded: bool):
     """Host or device arrays, equal on every process, as global arrays on ``mesh``: split along
     their first axis over the mesh (``sharded``) or replicated; each process places only the
-    parts that its own devices hold."""
+    parts that its own devices hold.  In one process: the arrays as they are (``jnp.asarray``;
+    ``jit`` and ``shard_map`` place them)."""
     import jax
+    import jax.numpy as jnp
+
+    if not is_multiprocess(mesh):
+        return jax.tree.map(jnp.asarray, tree)
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Pspec
 
@@ -66,8 +71,13 @@ def to_mesh(tree, mesh, sharded: bool):
     return jax.tree.map(one, tree)
 
 
-def gather(tree):
-    """Global arrays split over processes -> the whole arrays as numpy, on every process."""
+def gather(tree, mesh):
+    """Global arrays split over the processes of ``mesh`` -> the whole arrays as numpy, on
+    every process (in one process: ``jax.device_get``)."""
+    import jax
+
+    if not is_multiprocess(mesh):
+        return jax.device_get(tree)
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .distributions import norm_ppf, t_ppf, t_sf
-from .distributed import gather, is_multiprocess, to_mesh
+from .distributed import gather, to_mesh
 from .errors import DataError, FormulaError, LMMError
 from .likelihood import deviance, gls_pieces
 from .patterns import PatternDesign, PatternResponse, Patterns
@@ -840,19 +840,16 @@ class _Runner:
         s_idx, r_idx = np.asarray(s_idx), np.asarray(r_idx)
         B = len(s_idx)
         outs = []
+        # with several processes each places its devices' parts of the same inputs (jaxlmm.distributed)
+        key, tab, cs, pdf, reml, mi = to_mesh((self.key, tab, self.cs, self.pdf, np.asarray(st.reml),
+                                               np.asarray(int(max_iter))), self.mesh, sharded=False)
         for a in range(0, B, C):
             idx = np.minimum(np.arange(a, a + C), B - 1)
-            args = [np.asarray(s_idx[idx], np.int32), np.asarray(r_idx[idx], np.int32),
-                    np.asarray(x0[idx], np.float64), np.asarray(Binv0[idx], np.float64)]
-            rest = (self.key, tab, self.cs, self.pdf, np.asarray(st.reml), np.asarray(int(max_iter)))
-            multi = is_multiprocess(self.mesh)
-            if multi:  # every process holds the same inputs; each places its devices' parts
-                args, rest = to_mesh(args, self.mesh, sharded=True), to_mesh(rest, self.mesh, sharded=False)
-            else:
-                args = [jnp.asarray(a) for a in args]
-            key, tab_, cs, pdf, reml, mi = rest
-            out = _fit_items(key, *args, tab_, cs, pdf, reml, mi, st.model.spec, st.use_patterns, mesh=self.mesh)
-            out = gather(out) if multi else jax.device_get(out)
+            args = to_mesh([np.asarray(s_idx[idx], np.int32), np.asarray(r_idx[idx], np.int32),
+                            np.asarray(x0[idx], np.float64), np.asarray(Binv0[idx], np.float64)], self.mesh,
+                           sharded=True)
+            out = gather(_fit_items(key, *args, tab, cs, pdf, reml, mi, st.model.spec, st.use_patterns,
+                                    mesh=self.mesh), self.mesh)
             n_real = min(C, B - a)
             outs.append({k: np.asarray(v)[:n_real] for k, v in out.items()})
             if bar is not None:
