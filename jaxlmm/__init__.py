@@ -33,8 +33,10 @@ if not _os.environ.get("JAXLMM_NO_X64"):
 from .errors import ArgumentError, ConvergenceWarning, DataError, FormulaError, LMMError  # noqa: E402
 from .cache import default_cache_dir, set_compilation_cache  # noqa: E402
 from . import cache as _cache  # noqa: E402
+from . import cores as _cores  # noqa: E402
 
 _cache.configure()  # JAX's persistent compilation cache (jaxlmm/cache.py; JAXLMM_CACHE=0 turns it off)
+_cores.configure()  # one CPU device per core for batches (jaxlmm/cores.py; JAXLMM_CPU_DEVICES=1 keeps one)
 
 _EXPORTS = {
     "batch": ("BatchResult", "fit_many"),

@@ -167,6 +167,7 @@ class _QState(NamedTuple):
     g: jax.Array
     Binv: jax.Array
     it: jax.Array
+    steps: jax.Array
     status: jax.Array
 
 
@@ -195,17 +196,24 @@ def bfgs_warm(
     superlinearly in a handful of iterations.  Stopping rule and status codes as :func:`newton`
     (with ``g' Binv g / 2`` as the decrement).  ``hess`` in the result holds ``Binv``."""
     vg = jax.value_and_grad(f)
+
+    def small(f, g, Binv):
+        return 0.5 * jnp.dot(g, Binv @ g) < tol * (1 + jnp.abs(f))
+
     f0, g0 = vg(x0)
     ok0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0))
-    state = _QState(x0, f0, g0, Binv0, jnp.asarray(0), jnp.where(ok0, -1, NON_FINITE).astype(jnp.int32))
+    st0 = jnp.where(ok0, jnp.where(small(f0, g0, Binv0), CONVERGED, -1), NON_FINITE).astype(jnp.int32)
+    zero = jnp.asarray(0)
+    state = _QState(x0, f0, g0, Binv0, zero, zero, st0)
 
     def cond(s):
         return s.status < 0
 
     def body(s):
+        # the loop runs only while the decrement at s.x is above the tolerance: the test is made
+        # at the end of the step that reaches a point, so convergence costs no extra evaluation
         d = -s.Binv @ s.g
         dec = -jnp.dot(s.g, d)
-        small = 0.5 * dec < tol * (1 + jnp.abs(s.f))
         nrm = jnp.max(jnp.abs(d))
         d = d * jnp.minimum(1.0, max_step / jnp.maximum(nrm, 1e-300))
         slope = jnp.dot(s.g, d)
@@ -213,8 +221,8 @@ def bfgs_warm(
         def ls_cond(c):
             a, fa, _, k = c
             bad = ~jnp.isfinite(fa) | (fa > s.f + 1e-4 * a * slope)
-            # under vmap a finished (or converging) replicate must not keep the loop running
-            return bad & (k < max_halvings) & ~small & (s.status < 0)
+            # under vmap a finished replicate must not keep the loop running
+            return bad & (k < max_halvings) & (s.status < 0)
 
         def ls_body(c):
             a, _, _, k = c
@@ -224,7 +232,7 @@ def bfgs_warm(
 
         f1, g1 = vg(s.x + d)
         a, fa, ga, _ = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, x0.dtype), f1, g1, jnp.asarray(0)))
-        accepted = jnp.isfinite(fa) & (fa <= s.f) & jnp.all(jnp.isfinite(ga)) & ~small
+        accepted = jnp.isfinite(fa) & (fa <= s.f) & jnp.all(jnp.isfinite(ga))
         step = a * d
         x_new = jnp.where(accepted, s.x + step, s.x)
         f_new = jnp.where(accepted, fa, s.f)
@@ -237,18 +245,19 @@ def bfgs_warm(
         Vm = eye - rho * jnp.outer(step, yv)
         Binv_new = jnp.where(upd, Vm @ s.Binv @ Vm.T + rho * jnp.outer(step, step), s.Binv)
         it = s.it + 1
-        stuck = (~accepted | (jnp.abs(s.f - f_new) <= 4 * jnp.finfo(x0.dtype).eps * (1 + jnp.abs(f_new)))) & ~small
+        stuck = ~accepted | (jnp.abs(s.f - f_new) <= 4 * jnp.finfo(x0.dtype).eps * (1 + jnp.abs(f_new)))
         stuck_ok = 0.5 * dec < max(1e-7, 10 * tol) * (1 + jnp.abs(s.f))
         status = jnp.where(
-            small,
-            CONVERGED,
-            jnp.where(stuck, jnp.where(stuck_ok, CONVERGED, NO_PROGRESS), jnp.where(it > max_iter, MAX_ITER, -1)),
+            stuck,
+            jnp.where(stuck_ok, CONVERGED, NO_PROGRESS),
+            jnp.where(small(f_new, g_new, Binv_new), CONVERGED, jnp.where(it > max_iter, MAX_ITER, -1)),
         ).astype(jnp.int32)
-        return _QState(x_new, f_new, g_new, Binv_new, it, status)
+        # steps counts the iterations that made progress (a stuck one does not)
+        return _QState(x_new, f_new, g_new, Binv_new, it, s.steps + jnp.where(stuck, 0, 1), status)
 
     s = jax.lax.while_loop(cond, body, state)
     status = _final_status(s.status, s.x, x0, boundary, degenerate)
-    return NewtonResult(s.x, s.f, s.g, s.Binv, jnp.maximum(s.it - 1, 0), status)
+    return NewtonResult(s.x, s.f, s.g, s.Binv, s.steps, status)
 
 
 # ------------------------------------------------------------------------------------------

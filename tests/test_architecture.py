@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "jaxlmm"
 LAYERS = {
     "errors": 0,
     "cache": 0,
+    "cores": 0,
     "formula": 1, "datasets": 1, "checks": 1, "distributions": 1,
     "covariance": 2, "terms": 2, "spec": 2, "design": 2,
     "linalg": 3, "pls": 3, "patterns": 3, "likelihood": 3, "simulate": 3,
