@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -127,22 +128,35 @@ def _supports(Xs: np.ndarray):
     return Xc, E
 
 
-@jax.custom_jvp
-def _inverse_logdet(V):
-    """``(V^-1, log|V|)`` of a batch of SPD matrices [..., T, T] by one Cholesky factorisation."""
-    L = jnp.linalg.cholesky(V)
+def _inverse_logdet_fwd(V, unroll):
+    """``(V^-1, log|V|)`` of a batch of SPD matrices [..., T, T] by one Cholesky factorisation
+    (written out in plain arithmetic when ``unroll``, :mod:`jaxlmm.linalg`)."""
     eye = jnp.broadcast_to(jnp.eye(V.shape[-1], dtype=V.dtype), V.shape)
-    Li = solve_triangular(L, eye, lower=True)
-    W = jnp.einsum("...st,...su->...tu", Li, Li)
+    if unroll:
+        L = small.cholesky(V)
+        W = small.matmul(Li := small.solve_lower(L, eye), Li, transpose_a=True)
+    else:
+        L = jnp.linalg.cholesky(V)
+        Li = solve_triangular(L, eye, lower=True)
+        W = jnp.einsum("...st,...su->...tu", Li, Li)
     return W, 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _inverse_logdet(V, unroll=False):
+    """:func:`_inverse_logdet_fwd` with the derivative rule ``dW = -W dV W``,
+    ``d log|V| = <W, dV>`` (module docstring): gradients and Hessians never differentiate the
+    factorisation itself."""
+    return _inverse_logdet_fwd(V, unroll)
+
+
 @_inverse_logdet.defjvp
-def _inverse_logdet_jvp(primals, tangents):
+def _inverse_logdet_jvp(unroll, primals, tangents):
     (V,), (dV,) = primals, tangents
-    W, logdet = _inverse_logdet(V)
-    WdV = jnp.einsum("...ij,...jl->...il", W, dV)
-    return (W, logdet), (-jnp.einsum("...il,...lm->...im", WdV, W), jnp.einsum("...ii->...", WdV))
+    W, logdet = _inverse_logdet(V, unroll)
+    mm = small.matmul if unroll else partial(jnp.einsum, "...ij,...jl->...il")
+    WdV = mm(W, dV)
+    return (W, logdet), (-mm(WdV, W), jnp.einsum("...ii->...", WdV))
 
 
 def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> PatternResponse:
@@ -180,15 +194,8 @@ def _pattern_weights(theta, pd_: PatternDesign, spec, unroll: bool = False):
     vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
     V = marginal_cov(theta, pd_.m, pd_.Z, spec)
     mm = pd_.m[:, :, None] * pd_.m[:, None, :]
-    if not unroll:
-        W, logdet = _inverse_logdet(V)
-        return W * mm, logdet
-    eye = jnp.broadcast_to(jnp.eye(spec.T, dtype=V.dtype), V.shape)
-    L = small.cholesky(V)
-    Linv = small.solve_lower(L, eye)
-    W = jnp.einsum("kst,ksu->ktu", Linv, Linv) * mm
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
-    return W, logdet
+    W, logdet = _inverse_logdet(V, unroll)
+    return W * mm, logdet
 
 
 def pattern_pieces(theta, pat: Patterns, spec, unroll: bool = False):
