@@ -36,7 +36,8 @@ import pandas as pd
 
 from .distributed import gather, to_mesh
 from .errors import DataError
-from .fitting import column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_fit, start_values
+from .fitting import (column_log_scales, fit_arrays, guard_memory_maps, natural_values, ols_factor, ols_fit,
+                      start_values)
 from .likelihood import FlatData, beta_vcov, deviance, flat_response
 from .optimize import BOUNDARY, CONVERGED, INVALID, STATUS, bfgs_warm, newton, psd_inverse
 from .patterns import PatternDesign, Patterns, pattern_design, pattern_response
@@ -114,9 +115,10 @@ def _over_devices(fn, mesh, n_sharded, n_replicated):
     return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=Pspec("replicate"), check_vma=False)
 
 
-def _centre(yb, mb, X):
-    """The replicate's OLS fit: ``(y - X beta0, beta0, log_s, exact)`` (:func:`jaxlmm.fitting.ols_fit`)."""
-    beta0, log_s, exact = ols_fit(yb, mb, X, xp=jnp)
+def _centre(yb, mb, X, factor=None):
+    """The replicate's OLS fit: ``(y - X beta0, beta0, log_s, exact)`` (:func:`jaxlmm.fitting.ols_fit`;
+    ``factor``: the :func:`~jaxlmm.fitting.ols_factor` of a mask shared by the replicates)."""
+    beta0, log_s, exact = ols_fit(yb, mb, X, xp=jnp, factor=factor)
     return (yb - X @ beta0) * mb, beta0, log_s, exact
 
 
@@ -139,7 +141,7 @@ def _solve_one(dev, u0, Binv0, payload, spec, centre, mb, scales, reml, max_iter
     f = lambda u: dev(mult * u + shift) - dev0  # noqa: E731
     r = bfgs_warm(f, u0, Binv0, max_iter=max_iter, tol=tol, boundary=spec.is_boundary, degenerate=spec.is_degenerate)
     x = mult * r.x + shift
-    beta, vcov = beta_vcov(x, payload, spec)
+    beta, vcov = beta_vcov(x, payload, spec, unroll=True)
     out = (x, r.fun + dev0, r.n_iter, r.status, beta + beta0, jnp.sqrt(jnp.diagonal(vcov)), spec.natural(x))
     nan = jnp.asarray(jnp.nan, x.dtype)
     return tuple(jnp.where(exact, INVALID if a is r.status else (0 if a is r.n_iter else nan), a) for a in out)
@@ -148,9 +150,11 @@ def _solve_one(dev, u0, Binv0, payload, spec, centre, mb, scales, reml, max_iter
 @partial(jax.jit, static_argnames=("spec", "layout", "max_iter", "tol", "mesh"))
 def _batch_patterns(u0, Binv0, y, m, X, scales, pdes, spec, layout, reml, max_iter, tol, mesh=None):
     def run(u0s, ys, Binv0, m, X, scales, pdes, reml):
+        factor = ols_factor(m, X)  # the mask is shared: X'X is factored once
+
         def one(args):
             u, yb = args
-            c = _centre(yb, m, X)
+            c = _centre(yb, m, X, factor)
             pay = Patterns(pdes, pattern_response(c[0], m, pdes, layout))
             dev = lambda th: deviance(th, pay, spec, reml, unroll=True)  # noqa: E731
             return _solve_one(dev, u, Binv0, pay, spec, c, m, scales, reml, max_iter, tol)

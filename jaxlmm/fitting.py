@@ -27,17 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import solve_triangular
 
 from .likelihood import beta_vcov, deviance, flat_payload
 from .optimize import BOUNDARY, CONVERGED, NON_FINITE, minimize_host, newton
 from .patterns import Patterns, PatternDesign, PatternResponse, pattern_design, pattern_response_np
 from .spec import ModelData
 
-__all__ = ["FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
+__all__ = ["OLSFactor", "ols_factor", "FitRecord", "make_payload", "fit_arrays", "start_values", "guard_memory_maps", "neutral_start",
            "ols_fit", "centred", "column_log_scales", "unit_scaled", "natural_values"]
 
 
@@ -159,12 +161,33 @@ def _fit_host(u0, mult, shift, dev0, payload, spec, reml, max_iter: int, tol: fl
     return res, beta, vcov
 
 
-def ols_fit(y, m, X, xp=np):
+class OLSFactor(NamedTuple):
+    """The OLS normal equations of a design and mask shared by many responses: the masked rows
+    ``Xf`` [n, p] and the Cholesky factor ``L`` of ``X'X`` equilibrated by ``d = sqrt(diag X'X)``."""
+
+    Xf: jax.Array
+    L: jax.Array
+    d: jax.Array
+
+
+def ols_factor(m, X) -> OLSFactor:
+    """:class:`OLSFactor` of ``X`` over the cells with ``m = 1`` (inside ``jit``, once per batch)."""
+    p = X.shape[-1]
+    Xf = (X * m[..., None]).reshape(-1, p)
+    A = Xf.T @ Xf
+    d = jnp.sqrt(jnp.diagonal(A))
+    d = jnp.where(d > 0, d, 1.0)
+    return OLSFactor(Xf, jnp.linalg.cholesky(A / (d[:, None] * d[None, :]) + 1e-15 * jnp.eye(p, dtype=A.dtype)), d)
+
+
+def ols_fit(y, m, X, xp=np, factor: OLSFactor | None = None):
     """OLS of ``y`` on ``X`` over the observed cells (mask ``m``): ``(beta, log_s, exact)`` with
     ``log_s`` the log of the RMS of the residuals, the response's scale free of its mean and of
     any shift by the fixed effects (the RMS of ``y``, then 1, when the residuals vanish:
     ``exact``, the fixed effects fit ``y`` exactly).  ``xp`` is numpy (host; least squares by
-    SVD) or ``jax.numpy`` (inside a compiled batch; equilibrated normal equations)."""
+    SVD) or ``jax.numpy`` (inside a compiled batch; equilibrated normal equations with one step
+    of refinement, by the shared ``factor`` of :func:`ols_factor` when the mask is that of many
+    responses, else by a solve per response)."""
     Xm = X * m[..., None]
     ym = y * m
     p = X.shape[-1]
@@ -172,12 +195,22 @@ def ols_fit(y, m, X, xp=np):
     if xp is np:
         beta = np.linalg.lstsq(Xf, yf, rcond=None)[0]
     else:
-        A = Xf.T @ Xf
-        d = xp.sqrt(xp.diagonal(A))
-        d = xp.where(d > 0, d, 1.0)
-        beta = xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p), (Xf.T @ yf) / d) / d
-        beta = beta + xp.linalg.solve(A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p),
-                                      (Xf.T @ (yf - Xf @ beta)) / d) / d  # one step of refinement
+        if factor is None:
+            A = Xf.T @ Xf
+            d = xp.sqrt(xp.diagonal(A))
+            d = xp.where(d > 0, d, 1.0)
+            As = A / (d[:, None] * d[None, :]) + 1e-15 * xp.eye(p)
+
+            def solve(r):
+                return xp.linalg.solve(As, r / d) / d
+        else:
+            Xf, (L, d) = factor.Xf, factor[1:]
+
+            def solve(r):
+                w = solve_triangular(L, r / d, lower=True)
+                return solve_triangular(L, w, lower=True, trans=1) / d
+        beta = solve(Xf.T @ yf)
+        beta = beta + solve(Xf.T @ (yf - Xf @ beta))  # one step of refinement
     r = yf - Xf @ beta
     n = xp.maximum(xp.sum(m), 1.0)
     ms = xp.sum(r * r) / n

@@ -148,9 +148,10 @@ def deviance(theta, payload, spec, reml=True, weights=None, unroll: bool = False
     return assemble(gls_pieces(theta, payload, spec, weights, unroll), reml)
 
 
-def beta_vcov(theta, payload, spec, weights=None):
-    """GLS estimate beta_hat = A^-1 b and its model-based covariance A^-1."""
-    A, b = gls_pieces(theta, payload, spec, weights)[:2]
+def beta_vcov(theta, payload, spec, weights=None, unroll: bool = False):
+    """GLS estimate beta_hat = A^-1 b and its model-based covariance A^-1 (``unroll`` as in
+    :func:`gls_pieces`)."""
+    A, b = gls_pieces(theta, payload, spec, weights, unroll)[:2]
     LA, d = gls_factor(A)
     Ainv = cho_solve((LA, True), jnp.eye(A.shape[0], dtype=A.dtype)) / (d[:, None] * d[None, :])
     return Ainv @ b, Ainv
