@@ -31,6 +31,22 @@ un       L L' (corSymm + varIdent)                  log-Cholesky: log L_tt, L_ts
 
 Powers ``rho^|i-j|`` are built by repeated multiplication over integer lags, so the gradient at
 ``rho = 0`` is finite.  Random-effect (G-side) blocks are in :class:`RandomBlock`.
+
+Closed-form inverses.  ``inverse(theta, m)`` of the structures with one gives the inverse of
+the covariance restricted to the observed visits (mask ``m`` [..., T]; zero rows and columns
+elsewhere) and its log-determinant without a factorisation, used by the likelihood when no
+level-1 random effects are added (:meth:`jaxlmm.spec.ModelSpec.level1_inverse`):
+
+* ``ar1``/``arh1``: the observed visits of an AR(1) process form a Markov chain, so with
+  ``r = rho^(u-t)`` between consecutive observed visits ``t < u`` the inverse correlation is
+  tridiagonal over those pairs: ``-r / (1 - r^2)`` off the diagonal, ``1 + sum (1 / (1 - r^2) - 1)``
+  over a visit's observed neighbours on it, and ``log|C| = sum log(1 - r^2)``;
+* ``cs``/``csh``: with ``n`` observed visits (Sherman-Morrison)
+  ``C^-1 = [I - rho / (1 + (n - 1) rho) J] / (1 - rho)`` and
+  ``log|C| = (n - 1) log(1 - rho) + log(1 + (n - 1) rho)``;
+* ``id``/``diag``: ``diag(m / sd^2)``.
+
+The scales enter as ``D^-1 C^-1 D^-1`` and ``2 sum log sd`` over the observed visits.
 """
 
 from __future__ import annotations
@@ -57,6 +73,38 @@ def _lag_powers(rho, T: int):
     pw = jnp.stack(powers)
     lag = np.abs(np.subtract.outer(np.arange(T), np.arange(T)))
     return pw[lag]
+
+
+def _markov_inverse(r_lag, m):
+    """(C^-1 masked, log|C|) of the correlation ``r_lag`` = rho^|t-u| [T, T] on the visits with
+    ``m = 1`` (module docstring: tridiagonal over consecutive observed visits)."""
+    T = m.shape[-1]
+    cnt = jnp.cumsum(m, axis=-1)
+    between = (cnt - m)[..., None, :] - cnt[..., :, None]  # observed visits strictly between t < u
+    upper = np.triu(np.ones((T, T)), 1)
+    adj = upper * m[..., :, None] * m[..., None, :] * (between == 0)
+    sym = adj + jnp.swapaxes(adj, -1, -2)
+    one_m = jnp.where(sym > 0, 1.0 - r_lag * r_lag, 1.0)
+    e = 1.0 / one_m
+    diag = m + jnp.sum(sym * (e - 1.0), axis=-1)
+    Cinv = -sym * r_lag * e + diag[..., :, None] * jnp.eye(T, dtype=r_lag.dtype)
+    return Cinv, jnp.sum(adj * jnp.log(one_m), axis=(-2, -1))
+
+
+def _cs_inverse(rho, m):
+    """(C^-1 masked, log|C|) of the CS correlation on the visits with ``m = 1`` (Sherman-Morrison)."""
+    T = m.shape[-1]
+    n = jnp.sum(m, axis=-1)
+    a = 1.0 + (n - 1.0) * rho
+    mm = m[..., :, None] * m[..., None, :]
+    Cinv = (jnp.eye(T, dtype=m.dtype) - (rho / a)[..., None, None]) * mm / (1.0 - rho)
+    return Cinv, (n - 1.0) * jnp.log1p(-rho) + jnp.log(a)
+
+
+def _scaled_inverse(Cinv, logdet_C, log_sd, m):
+    """``(D^-1 C^-1 D^-1, log|D C D|)`` over the observed visits, ``log_sd`` [T] or a scalar."""
+    inv_sd = jnp.exp(-log_sd) * jnp.ones(m.shape[-1], Cinv.dtype)
+    return Cinv * inv_sd[:, None] * inv_sd[None, :], logdet_C + 2.0 * jnp.sum(m * log_sd, axis=-1)
 
 
 def _scale(C, sd):
@@ -148,6 +196,9 @@ class Identity(_Structure):
     def matrix(self, theta):
         return jnp.exp(2 * theta[0]) * jnp.eye(self.T)
 
+    def inverse(self, theta, m):
+        return _scaled_inverse(m[..., :, None] * jnp.eye(self.T, dtype=m.dtype), 0.0, theta[0], m)
+
     def natural(self, theta):
         return jnp.exp(theta[:1])
 
@@ -191,6 +242,9 @@ class Diag(_Structure):
 
     def matrix(self, theta):
         return jnp.diag(jnp.exp(2 * theta))
+
+    def inverse(self, theta, m):
+        return _scaled_inverse(m[..., :, None] * jnp.eye(self.T, dtype=m.dtype), 0.0, theta, m)
 
     def natural(self, theta):
         return jnp.exp(theta)
@@ -245,6 +299,9 @@ class CS(_Structure):
         C = (1 - rho) * jnp.eye(self.T) + rho
         return jnp.exp(2 * theta[0]) * C
 
+    def inverse(self, theta, m):
+        return _scaled_inverse(*_cs_inverse(_cs_rho(theta[1], self.T), m), theta[0], m)
+
     def natural(self, theta):
         return jnp.stack([jnp.exp(theta[0]), _cs_rho(theta[1], self.T)])
 
@@ -295,6 +352,9 @@ class CSH(_Structure):
         C = (1 - rho) * jnp.eye(self.T) + rho
         return C * sd[:, None] * sd[None, :]
 
+    def inverse(self, theta, m):
+        return _scaled_inverse(*_cs_inverse(_cs_rho(theta[self.T], self.T), m), theta[: self.T], m)
+
     def natural(self, theta):
         return jnp.concatenate([jnp.exp(theta[: self.T]), _cs_rho(theta[self.T], self.T)[None]])
 
@@ -342,6 +402,9 @@ class AR1(_Structure):
     def matrix(self, theta):
         return jnp.exp(2 * theta[0]) * _lag_powers(jnp.tanh(theta[1]), self.T)
 
+    def inverse(self, theta, m):
+        return _scaled_inverse(*_markov_inverse(_lag_powers(jnp.tanh(theta[1]), self.T), m), theta[0], m)
+
     def natural(self, theta):
         return jnp.stack([jnp.exp(theta[0]), jnp.tanh(theta[1])])
 
@@ -383,6 +446,9 @@ class ARH1(_Structure):
     def matrix(self, theta):
         sd = jnp.exp(theta[: self.T])
         return _lag_powers(jnp.tanh(theta[self.T]), self.T) * sd[:, None] * sd[None, :]
+
+    def inverse(self, theta, m):
+        return _scaled_inverse(*_markov_inverse(_lag_powers(jnp.tanh(theta[self.T]), self.T), m), theta[: self.T], m)
 
     def natural(self, theta):
         return jnp.concatenate([jnp.exp(theta[: self.T]), jnp.tanh(theta[self.T])[None]])

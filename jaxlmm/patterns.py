@@ -18,7 +18,9 @@ sums are kept on those columns only (``cols[t]``, padded to ``c = max c_t``, wit
 cuts an evaluation and each direction of its Hessian by ``(p / c)^2`` (about 10x for an MMRM
 with treatment by visit).
 
-``W_k`` and ``log|V*_k|`` come from one Cholesky factorisation with its own derivative rule
+Without level-1 random effects, structures with a closed-form inverse (AR(1), CS, their
+heterogeneous versions, diagonal; :mod:`jaxlmm.covariance`) give ``W_k`` and ``log|V*_k|``
+directly.  Otherwise ``W_k`` and ``log|V*_k|`` come from one Cholesky factorisation with its own derivative rule
 (``dW = -W dV W``, ``d log|V| = <W, dV>``), so Hessians by forward-over-reverse differentiate
 batched matrix products, not one LAPACK call per pattern and direction.
 """
@@ -192,6 +194,9 @@ def _pattern_weights(theta, pd_: PatternDesign, spec, unroll: bool = False):
 
     ``unroll=True`` writes the T x T factorisations out in plain arithmetic (faster for big
     vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
+    closed = spec.level1_inverse(theta, pd_.m)  # no random effects: AR(1), CS, ... in closed form
+    if closed is not None:
+        return closed
     V = marginal_cov(theta, pd_.m, pd_.Z, spec)
     mm = pd_.m[:, :, None] * pd_.m[:, None, :]
     W, logdet = _inverse_logdet(V, unroll)

@@ -138,6 +138,15 @@ class ModelSpec:
         _, s = self.param_slices()
         return self.resid.matrix(theta[s])
 
+    def level1_inverse(self, theta, m):
+        """``(V*^-1, log|V*|)`` in closed form for masks ``m`` [..., T] (zero rows and columns at
+        unobserved visits), or None: only without level-1 random effects and for residual
+        structures with an ``inverse`` (:mod:`jaxlmm.covariance`)."""
+        if self.q or not hasattr(self.resid, "inverse"):
+            return None
+        _, s = self.param_slices()
+        return self.resid.inverse(theta[s], m)
+
     def lambdas(self, theta):
         """``Lambda_f`` (``G_f = Lambda_f Lambda_f'``) of every level-2 factor, in plan order."""
         return _factor_lambdas(self, theta, "chol")

@@ -16,6 +16,11 @@ CASES = [
     ("y ~ arm * visit + x + cs(visit | subject)", "intermittent", True),
     ("y ~ arm * visit + x + (1 | subject) + ar1(visit | subject)", "intermittent", True),
     ("y ~ time * arm + x + (time | subject)", "monotone", False),
+    # no random effects: the closed-form inverses of jaxlmm.covariance
+    ("y ~ arm * visit + x + ar1(visit | subject)", "intermittent", True),
+    ("y ~ arm * visit + x + arh1(visit | subject)", "monotone", True),
+    ("y ~ arm * visit + x + csh(visit | subject)", "intermittent", True),
+    ("y ~ arm * visit + x + diag(visit | subject)", "intermittent", True),
 ]
 
 
