@@ -268,6 +268,10 @@ class NaturalSpec:
         _, sr = self.base.param_slices()
         return self.base.resid.natural_matrix(phi[sr])
 
+    def level1_inverse(self, phi, m):
+        """None: the closed forms take unconstrained parameters (profiles factor ``V``)."""
+        return None
+
     def lambdas(self, phi):
         return _factor_lambdas(self, phi, "natural_chol")
 
