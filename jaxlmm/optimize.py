@@ -241,9 +241,12 @@ def bfgs_warm(
         sy = jnp.dot(step, yv)
         upd = accepted & (sy > 1e-12 * jnp.sqrt(jnp.dot(step, step) * jnp.dot(yv, yv)))
         rho = 1.0 / jnp.where(upd, sy, 1.0)
-        eye = jnp.eye(x0.shape[0], dtype=x0.dtype)
-        Vm = eye - rho * jnp.outer(step, yv)
-        Binv_new = jnp.where(upd, Vm @ s.Binv @ Vm.T + rho * jnp.outer(step, step), s.Binv)
+        # (I - rho s y') B (I - rho y s') + rho s s' as a rank-2 update (B symmetric): products of
+        # vectors only, one fused loop under vmap instead of batched matrix products
+        By = jnp.sum(s.Binv * yv[None, :], axis=1)
+        Bnew = (s.Binv - rho * (jnp.outer(step, By) + jnp.outer(By, step))
+                + (rho * rho * jnp.dot(yv, By) + rho) * jnp.outer(step, step))
+        Binv_new = jnp.where(upd, Bnew, s.Binv)
         it = s.it + 1
         stuck = ~accepted | (jnp.abs(s.f - f_new) <= 4 * jnp.finfo(x0.dtype).eps * (1 + jnp.abs(f_new)))
         stuck_ok = 0.5 * dec < max(1e-7, 10 * tol) * (1 + jnp.abs(s.f))

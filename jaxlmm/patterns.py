@@ -3,7 +3,7 @@
 Subjects with the same visit pattern (mask row) and the same random-effects rows ``Z_i`` share
 ``V*_i``, so the likelihood depends on the data only through per-pattern sums
 
-    XX_k[t,u] = sum_{i in k} x_it x_iu',  Xy_k[t,u] = sum_{i in k} x_it y_iu,
+    XX_k[t,u] = sum_{i in k} x_it x_iu',  Xy_k[t,u] = sum_{i in k} x_it y_iu  (stored [p, K, T, T]),
     yy_k[t,u] = sum_{i in k} y_it y_iu,   n_k = #subjects in k.
 
 With ``W_k = V*_k^-1`` on the observed cells: ``A = sum_k <W_k, XX_k>``, ``b = sum_k <W_k, Xy_k>``,
@@ -58,7 +58,7 @@ class PatternDesign(NamedTuple):
 class PatternResponse(NamedTuple):
     """The response part of the per-pattern statistics (one per replicate)."""
 
-    Xy: jax.Array  # [K, T, T, p] (or c)
+    Xy: jax.Array  # [p (or c), K, T, T]: columns first, the layout its products read without a copy
     yy: jax.Array  # [K, T, T]
 
 
@@ -165,11 +165,11 @@ def pattern_response_np(y, m, pdes: PatternDesign, layout: PatternLayout) -> Pat
     """numpy version of :func:`pattern_response` (one response, host side)."""
     ys = (np.asarray(y) * m)[np.asarray(layout.order, dtype=int)]
     T, p = pdes.XX.shape[1], pdes.XX.shape[-1]  # p: the columns kept (c on the supports)
-    Xy = np.zeros((layout.K_pad, T, T, p))
+    Xy = np.zeros((p, layout.K_pad, T, T))
     yy = np.zeros((layout.K_pad, T, T))
     for k, (a, b) in enumerate(layout.bounds):
         Xk = pdes.Xs[a:b].reshape(b - a, T * p)
-        Xy[k] = (Xk.T @ ys[a:b]).reshape(T, p, T).transpose(0, 2, 1)
+        Xy[:, k] = (Xk.T @ ys[a:b]).reshape(T, p, T).transpose(1, 0, 2)
         yy[k] = ys[a:b].T @ ys[a:b]
     return PatternResponse(Xy, yy)
 
@@ -179,12 +179,12 @@ def pattern_response(y, m, pd_: PatternDesign, layout: PatternLayout) -> Pattern
     ys = (y * m)[np.asarray(layout.order)]
     Xy, yy = [], []
     for a, b in layout.bounds:
-        Xy.append(jnp.einsum("stp,su->tup", pd_.Xs[a:b], ys[a:b]))
+        Xy.append(jnp.einsum("stp,su->ptu", pd_.Xs[a:b], ys[a:b]))
         yy.append(jnp.einsum("st,su->tu", ys[a:b], ys[a:b]))
     pad = layout.K_pad - len(layout.bounds)
-    Xy, yy = jnp.stack(Xy), jnp.stack(yy)
+    Xy, yy = jnp.stack(Xy, axis=1), jnp.stack(yy)
     if pad:
-        Xy = jnp.concatenate([Xy, jnp.zeros((pad,) + Xy.shape[1:], Xy.dtype)])
+        Xy = jnp.concatenate([Xy, jnp.zeros((Xy.shape[0], pad) + Xy.shape[2:], Xy.dtype)], axis=1)
         yy = jnp.concatenate([yy, jnp.zeros((pad,) + yy.shape[1:], yy.dtype)])
     return PatternResponse(Xy, yy)
 
@@ -209,11 +209,11 @@ def pattern_pieces(theta, pat: Patterns, spec, unroll: bool = False):
     W, logdet = _pattern_weights(theta, pd_, spec, unroll)
     if pd_.E is None:
         A = jnp.einsum("ktu,ktupq->pq", W, pd_.XX)
-        b = jnp.einsum("ktu,ktup->p", W, pr.Xy)
+        b = jnp.einsum("ktu,pktu->p", W, pr.Xy)
     else:
         C = jnp.einsum("ktu,ktuab->tuab", W, pd_.XX)
         A = jnp.einsum("tai,tuab,ubj->ij", pd_.E, C, pd_.E)
-        b = jnp.einsum("tai,tua->i", pd_.E, jnp.einsum("ktu,ktua->tua", W, pr.Xy))
+        b = jnp.einsum("tai,tua->i", pd_.E, jnp.einsum("ktu,aktu->tua", W, pr.Xy))
     c = jnp.einsum("ktu,ktu->", W, pr.yy)
     n = jnp.sum(pd_.n * jnp.sum(pd_.m, axis=-1))
     return A, b, c, jnp.sum(pd_.n * logdet), n

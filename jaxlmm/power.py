@@ -697,7 +697,7 @@ def _objective(y, m, cs, spec, reml, use_patterns):
         p = cs["X"].shape[-1]
         XX = (P.T @ cs["XXs"]).reshape(K, T, T, p, p)
         Py = P[:, :, None] * y[:, None, :]  # [S, K, T]
-        Xy = jnp.einsum("skt,sup->kutp", Py, cs["X"])  # [K, T(x), T(y), p] -> Xy[k,t,u,p] = x_t y_u
+        Xy = jnp.einsum("skt,sup->pkut", Py, cs["X"])  # [p, K, T(x), T(y)]: Xy[p,k,t,u] = x_tp y_u
         yy = jnp.einsum("skt,su->ktu", Py, y)
         pdes = PatternDesign(m=cs["PM"], Z=cs["ZK"], n=jnp.sum(P, axis=0), XX=XX, Xs=None)
         pr = PatternResponse(Xy=Xy, yy=yy)
