@@ -52,9 +52,10 @@ def _mixture(small, big):
 
 
 # residual structures nested in others (same visits): a special case by parameter restriction
-_RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "un", "diag")} | {
+_RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un", "diag")} | {
     ("cs", "csh"), ("cs", "un"), ("csh", "un"), ("ar1", "arh1"), ("ar1", "un"), ("arh1", "un"),
-    ("diag", "csh"), ("diag", "arh1"), ("diag", "un")}
+    ("diag", "csh"), ("diag", "arh1"), ("diag", "un"), ("diag", "adh"),
+    ("ar1", "ad"), ("ar1", "adh"), ("arh1", "adh"), ("ad", "adh"), ("ad", "un"), ("adh", "un")}
 
 
 def nested(small, big):

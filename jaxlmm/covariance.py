@@ -26,6 +26,8 @@ cs       sigma^2 [(1-rho) I + rho J]  (corCompSymm) log sigma, rho = l + (1-l) l
 csh      D [(1-rho) I + rho J] D                    log sd_t, z as for cs
 ar1      sigma^2 rho^|i-j|           (corAR1)       log sigma, rho = tanh(z)
 arh1     D rho^|i-j| D                              log sd_t, rho = tanh(z)
+ad       sigma^2 prod_{k=i}^{j-1} rho_k  (ANTE(1))  log sigma, rho_k = tanh(z_k), k = 1..T-1
+adh      D [prod_{k=i}^{j-1} rho_k] D  (SAS ANTE(1)) log sd_t, rho_k = tanh(z_k)
 un       L L' (corSymm + varIdent)                  log-Cholesky: log L_tt, L_ts (t > s)
 =======  =========================================  ===============================================
 
@@ -37,8 +39,9 @@ the covariance restricted to the observed visits (mask ``m`` [..., T]; zero rows
 elsewhere) and its log-determinant without a factorisation, used by the likelihood when no
 level-1 random effects are added (:meth:`jaxlmm.spec.ModelSpec.level1_inverse`):
 
-* ``ar1``/``arh1``: the observed visits of an AR(1) process form a Markov chain, so with
-  ``r = rho^(u-t)`` between consecutive observed visits ``t < u`` the inverse correlation is
+* ``ar1``/``arh1``/``ad``/``adh``: the observed visits of an AR(1) or first-order
+  ante-dependence process form a Markov chain, so with ``r`` the correlation of consecutive
+  observed visits ``t < u`` (``rho^(u-t)``, or ``prod rho_k`` over the visits between) the inverse correlation is
   tridiagonal over those pairs: ``-r / (1 - r^2)`` off the diagonal, ``1 + sum (1 / (1 - r^2) - 1)``
   over a visit's observed neighbours on it, and ``log|C| = sum log(1 - r^2)``;
 * ``cs``/``csh``: with ``n`` observed visits (Sherman-Morrison)
@@ -56,7 +59,8 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["STRUCTURES", "make_structure", "RandomBlock", "Identity", "Diag", "CS", "CSH", "AR1", "ARH1", "UN"]
+__all__ = ["STRUCTURES", "make_structure", "RandomBlock", "Identity", "Diag", "CS", "CSH", "AR1", "ARH1", "AD", "ADH",
+           "UN"]
 
 
 
@@ -471,6 +475,129 @@ class ARH1(_Structure):
         return _lag_powers(phi[self.T], self.T) * sd[:, None] * sd[None, :]
 
 
+def _ante_corr(rho, T: int):
+    """First-order ante-dependence correlation: ``C[i, j] = prod_{k=i}^{j-1} rho_k`` (``rho`` [T-1])."""
+    rows = []
+    for i in range(T):
+        row = [None] * T
+        row[i] = jnp.ones_like(rho[0]) if T > 1 else jnp.ones((), rho.dtype)
+        for j in range(i + 1, T):
+            row[j] = row[j - 1] * rho[j - 1]
+        rows.append(row)
+    for i in range(T):
+        for j in range(i):
+            rows[i][j] = rows[j][i]
+    return jnp.stack([jnp.stack(r) for r in rows])
+
+
+def _adjacent_corr(S):
+    """Correlations of consecutive visits of an empirical covariance, clipped to (-0.9, 0.9)."""
+    sd = _safe_sd(S)
+    C = np.asarray(S, dtype=float) / np.outer(sd, sd)
+    return np.clip(np.diag(C, 1), -0.9, 0.9)
+
+
+@dataclass(frozen=True)
+class AD(_Structure):
+    """First-order ante-dependence with a common variance (mmrm ``ad``)."""
+
+    name = "ad"
+    sas = "ANTE(1), common variance"
+
+    def scale_kinds(self):
+        return (1,) + (0,) * (self.T - 1)
+
+    @property
+    def n_params(self):
+        return self.T
+
+    def natural_matrix(self, v):
+        return v[0] ** 2 * _ante_corr(v[1:], self.T)
+
+    def natural_bounds(self):
+        return [_POS] + [_CORR] * (self.T - 1)
+
+    def names(self, visits):
+        return ["sigma"] + [f"rho[{visits[k]},{visits[k + 1]}]" for k in range(self.T - 1)]
+
+    def matrix(self, theta):
+        return jnp.exp(2 * theta[0]) * _ante_corr(jnp.tanh(theta[1:]), self.T)
+
+    def inverse(self, theta, m):
+        return _scaled_inverse(*_markov_inverse(_ante_corr(jnp.tanh(theta[1:]), self.T), m), theta[0], m)
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[:1]), jnp.tanh(theta[1:])])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        return np.concatenate([np.log(v[:1]), np.arctanh(v[1:])])
+
+    def start(self, S):
+        return np.concatenate([[0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8))], np.arctanh(_adjacent_corr(S))])
+
+    def is_boundary(self, theta):
+        return jnp.any(jnp.abs(jnp.tanh(theta[1:])) > 1 - 1e-6)
+
+    def sas_params(self, theta):  # Residual (the common variance), Rho(1..T-1)
+        return jnp.concatenate([jnp.exp(2 * theta[:1]), jnp.tanh(theta[1:])])
+
+    def sas_matrix(self, phi):
+        return phi[0] * _ante_corr(phi[1:], self.T)
+
+
+@dataclass(frozen=True)
+class ADH(_Structure):
+    """First-order ante-dependence with a variance per visit (SAS ``ANTE(1)``, mmrm ``adh``)."""
+
+    name = "adh"
+    sas = "ANTE(1)"
+
+    def scale_kinds(self):
+        return (1,) * self.T + (0,) * (self.T - 1)
+
+    @property
+    def n_params(self):
+        return 2 * self.T - 1
+
+    def natural_matrix(self, v):
+        return _scale(_ante_corr(v[self.T :], self.T), v[: self.T])
+
+    def natural_bounds(self):
+        return [_POS] * self.T + [_CORR] * (self.T - 1)
+
+    def names(self, visits):
+        return [f"sd[{v}]" for v in visits] + [f"rho[{visits[k]},{visits[k + 1]}]" for k in range(self.T - 1)]
+
+    def matrix(self, theta):
+        sd = jnp.exp(theta[: self.T])
+        return _ante_corr(jnp.tanh(theta[self.T :]), self.T) * sd[:, None] * sd[None, :]
+
+    def inverse(self, theta, m):
+        C = _ante_corr(jnp.tanh(theta[self.T :]), self.T)
+        return _scaled_inverse(*_markov_inverse(C, m), theta[: self.T], m)
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[: self.T]), jnp.tanh(theta[self.T :])])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        return np.concatenate([np.log(v[: self.T]), np.arctanh(v[self.T :])])
+
+    def start(self, S):
+        return np.concatenate([np.log(_safe_sd(S)), np.arctanh(_adjacent_corr(S))])
+
+    def is_boundary(self, theta):
+        return jnp.any(jnp.abs(jnp.tanh(theta[self.T :])) > 1 - 1e-6) | _sd_collapsed(theta[: self.T])
+
+    def sas_params(self, theta):  # Var(1..T), Rho(1..T-1)
+        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), jnp.tanh(theta[self.T :])])
+
+    def sas_matrix(self, phi):
+        sd = jnp.sqrt(phi[: self.T])
+        return _ante_corr(phi[self.T :], self.T) * sd[:, None] * sd[None, :]
+
+
 @dataclass(frozen=True)
 class UN(_Structure):
     name = "un"
@@ -575,7 +702,8 @@ def jax_sigmoid(z):
     return 0.5 * (jnp.tanh(0.5 * z) + 1.0)
 
 
-STRUCTURES = {"id": Identity, "diag": Diag, "cs": CS, "csh": CSH, "ar1": AR1, "arh1": ARH1, "un": UN}
+STRUCTURES = {"id": Identity, "diag": Diag, "cs": CS, "csh": CSH, "ar1": AR1, "arh1": ARH1, "ad": AD, "adh": ADH,
+              "un": UN}
 
 
 def make_structure(name: str, T: int):

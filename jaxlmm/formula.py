@@ -29,6 +29,8 @@ COVARIANCE_NAMES = {
     "ar1": "ar1",
     "arh1": "arh1",
     "ar1h": "arh1",
+    "ad": "ad",
+    "adh": "adh",
     "diag": "diag",
 }
 

@@ -174,7 +174,7 @@ def test_random_term_without_columns(df):
 
 
 def test_unknown_covariance_name(df):
-    with pytest.raises(FormulaError, match=r"Unknown covariance structure 'ar2'\. Valid names: ar1, .*cs, .*un") as e:
+    with pytest.raises(FormulaError, match=r"Unknown covariance structure 'ar2'\. Valid names: ad, adh, ar1, .*cs, .*un") as e:
         lmm.Model("y ~ time + ar2(visit | subject)", df)
     msg = str(e.value)
     for name in lmm.COVARIANCE_NAMES:

@@ -112,3 +112,34 @@ def test_full_model_un(fev_data, sas_ref, reml):
             assert abs(row.std_error - c["se"]) / c["se"] < 1e-3
             # Satterthwaite df (mmrm's full-precision values; SAS prints them rounded)
             assert abs(row.df - c["df"]) / c["df"] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def sas_more():
+    import json
+
+    from conftest import shared_file
+
+    return json.loads(shared_file("reference", "fev_sas_more.json").read_text())
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["reml", "ml"])
+def test_ante_dependence(fev_data, sas_more, reml):
+    """ANTE(1) (``adh``): -2 log L to optimizer precision, the intercept, its SE and every
+    covariance parameter (Var(i), Rho(i)) as SAS prints them."""
+    fit = sas_more["fits"][f"adh_{'reml' if reml else 'ml'}"]
+    res = lmm.fit("FEV1 ~ 1 + adh(AVISIT | USUBJID)", fev_data, reml=reml)
+    assert res.converged and res.n_obs == fit["n_obs_used"] and res.n_theta == fit["n_cov_params"]
+    assert abs(res.deviance - fit["neg2_loglik"]) / fit["neg2_loglik"] < 1e-8
+    fe = fit["fixed_effects"][0]
+    ct = res.coef_table.loc["(Intercept)"]
+    assert printed_close(ct.estimate, fe["estimate"]) and printed_close(ct.std_error, fe["se"])
+    cp = {c["cov_parm"]: c["estimate"] for c in fit["cov_parms"]}
+    visits = fit["sas_visit_order"]
+    S = res.residual_covariance.loc[visits, visits].to_numpy()
+    for i in range(4):
+        assert printed_close(S[i, i], cp[f"Var({i + 1})"])
+    for i in range(3):
+        assert printed_close(S[i, i + 1] / np.sqrt(S[i, i] * S[i + 1, i + 1]), cp[f"Rho({i + 1})"])
+    for key in ("AIC", "BIC", "AICC"):
+        assert abs(getattr(res, key.lower()) - fit["fit_statistics_printed"][key]) <= 0.051

@@ -35,7 +35,7 @@ def test_natural_round_trip(name):
     np.testing.assert_allclose(st.matrix(jnp.asarray(st.from_natural(nat))), st.matrix(jnp.asarray(th)), rtol=1e-10)
 
 
-CLOSED_FORM = {"id", "diag", "cs", "csh", "ar1", "arh1"}  # structures with ``inverse`` (covariance.py)
+CLOSED_FORM = {"id", "diag", "cs", "csh", "ar1", "arh1", "ad", "adh"}  # structures with ``inverse`` (covariance.py)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -136,3 +136,15 @@ def test_random_block(k, correlated):
     # the factor's sign does not matter: a zero variance is an interior point
     if correlated:
         np.testing.assert_allclose(b.matrix(jnp.asarray(-th)), G, rtol=1e-12)
+
+
+def test_ante_dependence_special_cases():
+    """AD with equal correlations is AR(1); ADH with equal SDs is AD."""
+    T = 5
+    ad, adh, ar1 = make_structure("ad", T), make_structure("adh", T), make_structure("ar1", T)
+    for sigma, rho in [(1.7, 0.6), (0.4, -0.35)]:
+        a = ad.matrix(jnp.asarray(ad.from_natural([sigma] + [rho] * (T - 1))))
+        np.testing.assert_allclose(a, ar1.matrix(jnp.asarray(ar1.from_natural([sigma, rho]))), rtol=1e-12)
+        b = adh.matrix(jnp.asarray(adh.from_natural([sigma] * T + [rho, 0.1, -0.2, 0.3])))
+        np.testing.assert_allclose(b, ad.matrix(jnp.asarray(ad.from_natural([sigma, rho, 0.1, -0.2, 0.3]))),
+                                   rtol=1e-12)
