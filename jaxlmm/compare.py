@@ -55,7 +55,9 @@ def _mixture(small, big):
 _RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un", "diag")} | {
     ("cs", "csh"), ("cs", "un"), ("csh", "un"), ("ar1", "arh1"), ("ar1", "un"), ("arh1", "un"),
     ("diag", "csh"), ("diag", "arh1"), ("diag", "un"), ("diag", "adh"),
-    ("ar1", "ad"), ("ar1", "adh"), ("arh1", "adh"), ("ad", "adh"), ("ad", "un"), ("adh", "un")}
+    ("ar1", "ad"), ("ar1", "adh"), ("arh1", "adh"), ("ad", "adh"), ("ad", "un"), ("adh", "un"),
+    ("id", "toep"), ("id", "toeph"), ("cs", "toep"), ("cs", "toeph"), ("csh", "toeph"), ("ar1", "toep"),
+    ("ar1", "toeph"), ("arh1", "toeph"), ("diag", "toeph"), ("toep", "toeph"), ("toep", "un"), ("toeph", "un")}
 
 
 def nested(small, big):

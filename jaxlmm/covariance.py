@@ -28,8 +28,15 @@ ar1      sigma^2 rho^|i-j|           (corAR1)       log sigma, rho = tanh(z)
 arh1     D rho^|i-j| D                              log sd_t, rho = tanh(z)
 ad       sigma^2 prod_{k=i}^{j-1} rho_k  (ANTE(1))  log sigma, rho_k = tanh(z_k), k = 1..T-1
 adh      D [prod_{k=i}^{j-1} rho_k] D  (SAS ANTE(1)) log sd_t, rho_k = tanh(z_k)
+toep     sigma^2 r_|i-j|  (SAS TOEP)                log sigma, partial autocorrelations tanh(z_k)
+toeph    D r_|i-j| D  (SAS TOEPH)                   log sd_t, partial autocorrelations tanh(z_k)
 un       L L' (corSymm + varIdent)                  log-Cholesky: log L_tt, L_ts (t > s)
 =======  =========================================  ===============================================
+
+Toeplitz structures are parameterised by the partial autocorrelations ``pi_k = tanh(z_k)`` of
+the lags: the Durbin-Levinson recursion maps every point of ``(-1, 1)^(T-1)`` to the lag
+correlations ``r_1 .. r_(T-1)`` of a positive-definite Toeplitz matrix and back, one to one
+(a map of each lag correlation to ``(-1, 1)`` alone would not keep the matrix positive definite).
 
 Powers ``rho^|i-j|`` are built by repeated multiplication over integer lags, so the gradient at
 ``rho = 0`` is finite.  Random-effect (G-side) blocks are in :class:`RandomBlock`.
@@ -60,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["STRUCTURES", "make_structure", "RandomBlock", "Identity", "Diag", "CS", "CSH", "AR1", "ARH1", "AD", "ADH",
-           "UN"]
+           "TOEP", "TOEPH", "UN"]
 
 
 
@@ -598,6 +605,148 @@ class ADH(_Structure):
         return _ante_corr(phi[self.T :], self.T) * sd[:, None] * sd[None, :]
 
 
+def _pacf_to_acf(pi):
+    """Lag correlations ``r_1..r_n`` from partial autocorrelations ``pi_1..pi_n`` (Durbin-Levinson)."""
+    n = pi.shape[0]
+    if n == 0:
+        return pi
+    phi, rho = [pi[0]], [pi[0]]
+    for k in range(1, n):
+        p = pi[k]
+        s1 = sum(phi[j] * rho[k - 1 - j] for j in range(k))
+        s2 = sum(phi[j] * rho[j] for j in range(k))
+        rho.append(s1 + p * (1.0 - s2))
+        phi = [phi[j] - p * phi[k - 1 - j] for j in range(k)] + [p]
+    return jnp.stack(rho)
+
+
+def _acf_to_pacf(r):
+    """The inverse map (numpy; host side): partial autocorrelations of lag correlations ``r``."""
+    r = np.asarray(r, dtype=float)
+    n = len(r)
+    pi, phi = np.zeros(n), np.zeros(0)
+    for k in range(n):
+        den = 1.0 - float(np.dot(phi, r[:k]))
+        p = (r[k] - float(np.dot(phi, r[:k][::-1]))) / den
+        pi[k] = p
+        phi = np.concatenate([phi - p * phi[::-1], [p]])
+    return pi
+
+
+def _toeplitz(r, T: int):
+    """Correlation matrix with 1 on the diagonal and ``r[k-1]`` at lag k."""
+    full = jnp.concatenate([jnp.ones((1,), r.dtype), r])
+    lag = np.abs(np.subtract.outer(np.arange(T), np.arange(T)))
+    return full[lag]
+
+
+def _toep_start(S, T):
+    """z of the partial autocorrelations of the lag-averaged correlations of ``S`` (shrunk to |pi| <= 0.9)."""
+    sd = _safe_sd(S)
+    C = np.asarray(S, dtype=float) / np.outer(sd, sd)
+    r = np.array([np.mean(np.diag(C, k)) for k in range(1, T)])
+    for shrink in (1.0, 0.8, 0.5, 0.2, 0.0):
+        pi = _acf_to_pacf(shrink * r)
+        if np.all(np.isfinite(pi)) and np.all(np.abs(pi) < 1):
+            break
+    return np.arctanh(np.clip(pi, -0.9, 0.9))
+
+
+@dataclass(frozen=True)
+class TOEP(_Structure):
+    """Toeplitz: a common variance and a correlation per lag (SAS ``TOEP``, mmrm ``toep``)."""
+
+    name = "toep"
+    sas = "TOEP"
+
+    def scale_kinds(self):
+        return (1,) + (0,) * (self.T - 1)
+
+    @property
+    def n_params(self):
+        return self.T
+
+    def natural_matrix(self, v):
+        return v[0] ** 2 * _toeplitz(v[1:], self.T)
+
+    def natural_bounds(self):
+        return [_POS] + [_CORR] * (self.T - 1)
+
+    def names(self, visits):
+        return ["sigma"] + [f"rho[lag {k}]" for k in range(1, self.T)]
+
+    def matrix(self, theta):
+        return jnp.exp(2 * theta[0]) * _toeplitz(_pacf_to_acf(jnp.tanh(theta[1:])), self.T)
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[:1]), _pacf_to_acf(jnp.tanh(theta[1:]))])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        return np.concatenate([np.log(v[:1]), np.arctanh(_acf_to_pacf(v[1:]))])
+
+    def start(self, S):
+        return np.concatenate([[0.5 * np.log(max(float(np.mean(np.diag(S))), 1e-8))], _toep_start(S, self.T)])
+
+    def is_boundary(self, theta):
+        return jnp.any(jnp.abs(jnp.tanh(theta[1:])) > 1 - 1e-6)
+
+    def sas_params(self, theta):  # TOEP(2..T): the covariance at lags 1..T-1, then Residual (the variance)
+        v = jnp.exp(2 * theta[:1])
+        return jnp.concatenate([v * _pacf_to_acf(jnp.tanh(theta[1:])), v])
+
+    def sas_matrix(self, phi):
+        return _toeplitz(phi[:-1] / phi[-1], self.T) * phi[-1]
+
+
+@dataclass(frozen=True)
+class TOEPH(_Structure):
+    """Heterogeneous Toeplitz: a variance per visit and a correlation per lag (SAS ``TOEPH``)."""
+
+    name = "toeph"
+    sas = "TOEPH"
+
+    def scale_kinds(self):
+        return (1,) * self.T + (0,) * (self.T - 1)
+
+    @property
+    def n_params(self):
+        return 2 * self.T - 1
+
+    def natural_matrix(self, v):
+        return _scale(_toeplitz(v[self.T :], self.T), v[: self.T])
+
+    def natural_bounds(self):
+        return [_POS] * self.T + [_CORR] * (self.T - 1)
+
+    def names(self, visits):
+        return [f"sd[{v}]" for v in visits] + [f"rho[lag {k}]" for k in range(1, self.T)]
+
+    def matrix(self, theta):
+        sd = jnp.exp(theta[: self.T])
+        return _toeplitz(_pacf_to_acf(jnp.tanh(theta[self.T :])), self.T) * sd[:, None] * sd[None, :]
+
+    def natural(self, theta):
+        return jnp.concatenate([jnp.exp(theta[: self.T]), _pacf_to_acf(jnp.tanh(theta[self.T :]))])
+
+    def from_natural(self, v):
+        v = np.asarray(v, dtype=float)
+        return np.concatenate([np.log(v[: self.T]), np.arctanh(_acf_to_pacf(v[self.T :]))])
+
+    def start(self, S):
+        return np.concatenate([np.log(_safe_sd(S)), _toep_start(S, self.T)])
+
+    def is_boundary(self, theta):
+        return jnp.any(jnp.abs(jnp.tanh(theta[self.T :])) > 1 - 1e-6) | _sd_collapsed(theta[: self.T])
+
+    def sas_params(self, theta):  # Var(1..T), TOEPH(1..T-1): the correlation at lags 1..T-1
+        return jnp.concatenate([jnp.exp(2 * theta[: self.T]), _pacf_to_acf(jnp.tanh(theta[self.T :]))])
+
+    def sas_matrix(self, phi):
+        sd = jnp.sqrt(phi[: self.T])
+        return _toeplitz(phi[self.T :], self.T) * sd[:, None] * sd[None, :]
+
+
 @dataclass(frozen=True)
 class UN(_Structure):
     name = "un"
@@ -703,7 +852,7 @@ def jax_sigmoid(z):
 
 
 STRUCTURES = {"id": Identity, "diag": Diag, "cs": CS, "csh": CSH, "ar1": AR1, "arh1": ARH1, "ad": AD, "adh": ADH,
-              "un": UN}
+              "toep": TOEP, "toeph": TOEPH, "un": UN}
 
 
 def make_structure(name: str, T: int):

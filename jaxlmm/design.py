@@ -661,11 +661,11 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         T = int(t_code.max()) + 1
         levels = list(range(T))
         structure = "id"
-    if structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un") and T < 2:
+    if structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "toep", "toeph", "un") and T < 2:
         raise DataError(
             f"The covariance term {pf.cov.text} needs at least two visit levels in column {visit!r}; found {T}."
         )
-    if has_response and structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un") and np.bincount(s_code).max() < 2:
+    if has_response and structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "toep", "toeph", "un") and np.bincount(s_code).max() < 2:
         raise DataError(
             f"No subject (column {subject!r}) has more than one usable row, so the correlation of {pf.cov.text} "
             "cannot be estimated. Check the subject column, or drop the covariance term (independent residuals)."

@@ -31,6 +31,8 @@ COVARIANCE_NAMES = {
     "ar1h": "arh1",
     "ad": "ad",
     "adh": "adh",
+    "toep": "toep",
+    "toeph": "toeph",
     "diag": "diag",
 }
 

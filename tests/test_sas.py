@@ -143,3 +143,24 @@ def test_ante_dependence(fev_data, sas_more, reml):
         assert printed_close(S[i, i + 1] / np.sqrt(S[i, i] * S[i + 1, i + 1]), cp[f"Rho({i + 1})"])
     for key in ("AIC", "BIC", "AICC"):
         assert abs(getattr(res, key.lower()) - fit["fit_statistics_printed"][key]) <= 0.051
+
+
+@pytest.mark.parametrize("reml", [True, False], ids=["reml", "ml"])
+def test_toeplitz(fev_data, sas_more, reml):
+    """TOEP: -2 log L to optimizer precision; the intercept, its SE, the common variance
+    (Residual) and the covariance at each lag (TOEP(k), lag k - 1) as SAS prints them."""
+    fit = sas_more["fits"][f"toep_{'reml' if reml else 'ml'}"]
+    res = lmm.fit("FEV1 ~ 1 + toep(AVISIT | USUBJID)", fev_data, reml=reml)
+    assert res.converged and res.n_obs == fit["n_obs_used"] and res.n_theta == fit["n_cov_params"]
+    assert abs(res.deviance - fit["neg2_loglik"]) / fit["neg2_loglik"] < 1e-8
+    fe = fit["fixed_effects"][0]
+    ct = res.coef_table.loc["(Intercept)"]
+    assert printed_close(ct.estimate, fe["estimate"]) and printed_close(ct.std_error, fe["se"])
+    cp = {c["cov_parm"]: c["estimate"] for c in fit["cov_parms"]}
+    visits = fit["sas_visit_order"]
+    S = res.residual_covariance.loc[visits, visits].to_numpy()
+    assert printed_close(S[0, 0], cp["Residual"])
+    for k in range(1, 4):
+        assert printed_close(S[0, k], cp[f"TOEP({k + 1})"])
+    for key in ("AIC", "BIC", "AICC"):
+        assert abs(getattr(res, key.lower()) - fit["fit_statistics_printed"][key]) <= 0.051

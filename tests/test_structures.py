@@ -148,3 +148,20 @@ def test_ante_dependence_special_cases():
         b = adh.matrix(jnp.asarray(adh.from_natural([sigma] * T + [rho, 0.1, -0.2, 0.3])))
         np.testing.assert_allclose(b, ad.matrix(jnp.asarray(ad.from_natural([sigma, rho, 0.1, -0.2, 0.3]))),
                                    rtol=1e-12)
+
+
+def test_toeplitz_special_cases():
+    """TOEPH with equal SDs is TOEP; TOEP with partial autocorrelations (rho, 0, ...) is AR(1);
+    with two visits TOEP is CS; the lag correlations round-trip through Durbin-Levinson."""
+    T = 5
+    toep, toeph, ar1 = make_structure("toep", T), make_structure("toeph", T), make_structure("ar1", T)
+    for sigma, r in [(1.3, [0.5, 0.2, -0.1, 0.05]), (0.6, [-0.4, 0.3, -0.2, 0.1])]:
+        a = toep.matrix(jnp.asarray(toep.from_natural([sigma] + r)))
+        b = toeph.matrix(jnp.asarray(toeph.from_natural([sigma] * T + r)))
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(a)[0, 1:] / sigma**2, r, rtol=1e-10)
+    z = jnp.asarray([np.log(1.7), np.arctanh(0.6), 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(toep.matrix(z), ar1.matrix(jnp.asarray(ar1.from_natural([1.7, 0.6]))), rtol=1e-12)
+    cs2, toep2 = make_structure("cs", 2), make_structure("toep", 2)
+    np.testing.assert_allclose(toep2.matrix(jnp.asarray(toep2.from_natural([1.1, 0.35]))),
+                               cs2.matrix(jnp.asarray(cs2.from_natural([1.1, 0.35]))), rtol=1e-12)
