@@ -51,13 +51,16 @@ def _mixture(small, big):
     return (k - 1, k)
 
 
-# residual structures nested in others (same visits): a special case by parameter restriction
-_RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un", "diag")} | {
+#: residual structures nested in others (same visits): a special case by a restriction of the
+#: parameters to interior values (so an LRT of the pair is chi-square)
+RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un", "diag")} | {
     ("cs", "csh"), ("cs", "un"), ("csh", "un"), ("ar1", "arh1"), ("ar1", "un"), ("arh1", "un"),
     ("diag", "csh"), ("diag", "arh1"), ("diag", "un"), ("diag", "adh"),
     ("ar1", "ad"), ("ar1", "adh"), ("arh1", "adh"), ("ad", "adh"), ("ad", "un"), ("adh", "un"),
     ("id", "toep"), ("id", "toeph"), ("cs", "toep"), ("cs", "toeph"), ("csh", "toeph"), ("ar1", "toep"),
-    ("ar1", "toeph"), ("arh1", "toeph"), ("diag", "toeph"), ("toep", "toeph"), ("toep", "un"), ("toeph", "un")}
+    ("ar1", "toeph"), ("arh1", "toeph"), ("diag", "toeph"), ("toep", "toeph"), ("toep", "un"), ("toeph", "un"),
+    ("id", "arma11"), ("ar1", "arma11"), ("arma11", "toep"), ("arma11", "toeph"), ("arma11", "un"),
+    ("sp_exp", "sp_pow"), ("sp_pow", "sp_exp"), ("sp_exp", "un"), ("sp_gau", "un"), ("sp_pow", "un")}
 
 
 def nested(small, big):
@@ -66,7 +69,7 @@ def nested(small, big):
     it cannot be told from the model terms."""
     ss, sb = small.model.spec, big.model.spec
     rs, rb = ss.resid.name, sb.resid.name
-    resid_ok = rs == rb or (rs, rb) in _RESID_NESTED
+    resid_ok = rs == rb or (rs, rb) in RESID_NESTED
     cols_s = [frozenset(b.columns) | {b.group} for b in ss.blocks]
     cols_b = [frozenset(b.columns) | {b.group} for b in sb.blocks]
     if sorted(map(sorted, cols_s)) == sorted(map(sorted, cols_b)) and not resid_ok:

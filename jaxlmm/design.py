@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,10 +19,11 @@ import numpy as np
 import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
-from .covariance import RandomBlock, make_structure
+from .covariance import SPATIAL, RandomBlock, make_structure
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, parse_formula
 from .spec import ModelData, ModelSpec
+from .visits import levels_of, natural_key, py_scalar, spatial_positions, visit_label, visit_positions
 from .terms import DENSE_LIMIT, Factor, make_factor, nested_in, plan_level2, same_partition
 
 __all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows", "ENGINES",
@@ -74,6 +74,7 @@ class DesignInfo:
     S_pad: int
     T: int
     structure: str
+    per_subject_cov: bool = False  # a spatial structure from each subject's own coordinates
     extra: dict = field(default_factory=dict)
 
     @property
@@ -217,11 +218,6 @@ def _model_matrix(expr: str, data: pd.DataFrame, what: str):
     return mm
 
 
-def _py(v):
-    """numpy scalar -> Python scalar, for readable messages."""
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def _check_finite(M: np.ndarray, names, what: str, labels) -> None:
     """A model-matrix column with NaN/inf (from a transform such as log(0) or 1/0) is an error."""
     bad = ~np.isfinite(M)
@@ -230,25 +226,9 @@ def _check_finite(M: np.ndarray, names, what: str, labels) -> None:
         rows = np.nonzero(bad[:, j])[0]
         raise DataError(
             f"The {what} column {names[j]!r} has {len(rows)} non-finite value(s) (NaN or inf) after applying the "
-            f"formula, first at data row {_py(labels[rows[0]])!r}; the transform is undefined there (e.g. log of a "
+            f"formula, first at data row {py_scalar(labels[rows[0]])!r}; the transform is undefined there (e.g. log of a "
             "value <= 0, division by zero). Change the transform or remove those rows."
         )
-
-
-def levels_of(series: pd.Series):
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        present = set(series.dropna().unique())
-        return [c for c in series.cat.categories if c in present]
-    vals = series.dropna().unique()
-    try:
-        return sorted(vals)
-    except TypeError:
-        return list(vals)
-
-
-#: positions allowed per subject row: a visit grid with more positions than this many times the
-#: most rows any subject has (and more than MIN_GRID) is refused as irregular times
-GRID_FACTOR, MIN_GRID = 4, 24
 
 
 def _check_identifiable(block, Zb, codes, terms) -> None:
@@ -297,93 +277,6 @@ def _check_identifiable(block, Zb, codes, terms) -> None:
     )
 
 
-def visit_positions(series: pd.Series, structure: str, visit: str, term: str, s_code) -> tuple[list, np.ndarray]:
-    """The visit levels (positions 0..T-1 of the residual covariance) and each row's position.
-
-    * Numeric visits: integers keep their spacing under ``ar1``/``arh1`` (positions
-      ``v - min(v)``: visits 1, 2, 4 are lags 1 and 2 apart, as nlme's ``corAR1(form = ~ visit |
-      subject)``); non-integer or irregular times are refused there (they need a continuous-time
-      structure or an explicit visit factor).  Under ``un``/``cs``/``csh``/``diag`` the distinct
-      values are the levels (no spacing is implied).
-    * Categorical visits: the declared categories in their order, kept as positions under
-      ``ar1`` even when no row has one (a gap); under the other structures a category that no row
-      has has no parameters to estimate: it is left out with a warning (``arh1`` refuses it).
-    * Text visits: the distinct strings, sorted; a column mixing numbers and strings is refused.
-    """
-    ser = series
-    obs = ser.dropna()
-    max_rows = int(np.bincount(np.asarray(s_code)).max()) if len(s_code) else 1
-    categorical = isinstance(ser.dtype, pd.CategoricalDtype)
-    spaced = structure in ("ar1", "arh1")
-    if not categorical and ser.dtype == object:
-        kinds = {("number" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else "text")
-                 for v in obs}
-        if len(kinds) > 1:
-            raise DataError(
-                f"The visit column {visit!r} of {term} mixes numbers and strings; make it one type, e.g. "
-                f"df[{visit!r}] = df[{visit!r}].astype(str), or an ordered pd.Categorical."
-            )
-    if categorical:
-        cats = list(ser.cat.categories)
-        present = set(obs.unique())
-        missing = [c for c in cats if c not in present]
-        if missing and structure == "arh1":
-            raise DataError(
-                f"The visit level(s) {', '.join(map(repr, missing[:5]))} of column {visit!r} have no rows, but "
-                f"{term} has an SD per visit level: remove unused levels (df[{visit!r}] = "
-                f"df[{visit!r}].cat.remove_unused_categories()) or use ar1."
-            )
-        if missing and not spaced:
-            warnings.warn(
-                f"The visit level(s) {', '.join(map(repr, missing[:5]))} of column {visit!r} have no rows and are "
-                f"left out of {term}.", UserWarning, stacklevel=4)
-        levels = cats if spaced else [c for c in cats if c in present]
-    elif pd.api.types.is_numeric_dtype(ser) and not pd.api.types.is_bool_dtype(ser) and spaced:
-        v = obs.to_numpy(dtype=float)
-        if not np.all(np.isclose(v, np.round(v), rtol=0, atol=1e-9)):
-            raise DataError(
-                f"The visit column {visit!r} of {term} has non-integer times ({_py(v[~np.isclose(v, np.round(v))][0])}"
-                f", ...): {structure} needs visits on an integer grid (lag = difference of visit numbers). Make an "
-                f"explicit visit factor (df['visit_no'] = pd.Categorical(...)) or use a continuous-time structure "
-                "(sp_exp, not available yet)."
-            )
-        lo, hi = int(np.round(v.min())), int(np.round(v.max()))
-        levels = list(range(lo, hi + 1))
-        used = set(np.round(v).astype(int))
-        missing = [x for x in levels if x not in used]
-        if missing and structure == "arh1":
-            raise DataError(
-                f"The visit(s) {', '.join(map(str, missing[:5]))} between {lo} and {hi} of column {visit!r} have no "
-                f"rows, but {term} has an SD per visit: use ar1, or number the visits without gaps."
-            )
-    else:
-        levels = levels_of(ser)
-    T = len(levels)
-    if T > max(GRID_FACTOR * max_rows, MIN_GRID):
-        raise DataError(
-            f"The visit column {visit!r} of {term} gives {T} visit positions, but no subject has more than {max_rows} "
-            f"rows: it looks like irregular measurement times, not a visit schedule. Use a visit number or an "
-            "explicit visit factor (one level per scheduled visit), a random-effects model such as (1 + time | "
-            "subject), or a continuous-time structure (sp_exp, not available yet)."
-        )
-    if categorical or not (spaced and pd.api.types.is_numeric_dtype(ser)):
-        codes = pd.Categorical(ser, categories=levels).codes.astype(int)
-    else:
-        codes = np.round(ser.to_numpy(dtype=float)).astype(int) - levels[0]
-    return levels, codes
-
-
-def _natural_key(v):
-    """Sort key that orders 'V2' before 'V10'."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(v)) if t]
-
-
-def _label(v) -> str:
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """Indices of columns kept by a pivot-free Gram-Schmidt in column order (as R's lm)."""
     keep = []
@@ -422,7 +315,7 @@ def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool | None = None) 
     where = {}
     for r in pf.random:
         if r.group not in factors:
-            fac = make_factor(df, r.group, r.columns, levels_of, _label)
+            fac = make_factor(df, r.group, r.columns, levels_of, visit_label)
             if fac.n_levels < 2:
                 raise DataError(
                     f"The grouping factor {r.group!r} of {r.origin or r.text} has only {fac.n_levels} level in the "
@@ -442,7 +335,7 @@ def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool | None = None) 
     terms = list(pf.random)
     cov = pf.cov
     if cov is not None:
-        sf = make_factor(df, cov.subject, (cov.subject,), levels_of, _label)
+        sf = make_factor(df, cov.subject, (cov.subject,), levels_of, visit_label)
         level1 = {g for g, fac in factors.items() if same_partition(fac.codes, sf.codes)}
         for g, fac in factors.items():
             if g not in level1 and not nested_in(sf.codes, fac.codes):
@@ -526,7 +419,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             "remove it there (a response cannot explain itself)."
         )
     if pf.cov is not None:
-        used.setdefault(pf.cov.visit, f"visit of {pf.cov.text}")
+        for c in pf.cov.columns:
+            used.setdefault(c, f"visit of {pf.cov.text}")
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
     for name, what in used.items():
         check_columns([name], data, what)
@@ -538,7 +432,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             if isinf.any():
                 raise DataError(
                     f"Column {name!r} has {int(isinf.sum())} infinite value(s), first at row "
-                    f"{_py(labels[np.argmax(isinf)])!r}; replace them with NaN (dropped as missing) or finite values."
+                    f"{py_scalar(labels[np.argmax(isinf)])!r}; replace them with NaN (dropped as missing) or finite values."
                 )
 
     subject_cols = (pf.cov.subject,) if pf.cov is not None else (
@@ -633,21 +527,30 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             "Check the subject column and the rows dropped for missing values."
         )
     visit = pf.cov.visit if pf.cov is not None else None
+    spatial = pf.cov is not None and pf.cov.structure in SPATIAL
+    per_subject = False  # a spatial structure with one covariance per subject (ModelData.D)
     if visit is not None:
-        levels, t_code = visit_positions(df[visit], pf.cov.structure, visit, pf.cov.text, s_code)
+        if spatial:
+            levels, t_code, coords_row = spatial_positions(df, pf.cov.columns, pf.cov.text, s_code)
+            if levels is None:  # each subject's own coordinates: its rows fill its columns
+                per_subject = True
+                levels = list(range(int(t_code.max()) + 1))
+        else:
+            levels, t_code = visit_positions(df[visit], pf.cov.structure, visit, pf.cov.text, s_code)
         dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
         if dup.any():
             i = int(np.nonzero(dup)[0][0])
             raise DataError(
-                f"Subject {_py(subj_levels[s_code[i]])!r} (column {subject!r}) has more than one row at visit "
-                f"{_py(levels[t_code[i]])!r} (column {visit!r}); the covariance term {pf.cov.text} needs one row per "
+                f"Subject {py_scalar(subj_levels[s_code[i]])!r} (column {subject!r}) has more than one row at visit "
+                f"{py_scalar(levels[t_code[i]])!r} (column {visit!r}); the covariance term {pf.cov.text} needs one row per "
                 "subject and visit. Aggregate or remove duplicates, or use a random-effects model instead."
             )
         T = len(levels)
         structure = pf.cov.structure
-        textual = not isinstance(df[visit].dtype, pd.CategoricalDtype) and not pd.api.types.is_numeric_dtype(df[visit])
-        if structure in ("ar1", "arh1") and textual:
-            natural = sorted(levels, key=_natural_key)
+        textual = not spatial and not isinstance(df[visit].dtype, pd.CategoricalDtype) and \
+            not pd.api.types.is_numeric_dtype(df[visit])
+        if structure in ("ar1", "arh1", "arma11") and textual:
+            natural = sorted(levels, key=natural_key)
             if natural != list(levels):
                 warnings.warn(
                     f"The visit levels of column {visit!r} are ordered as text ({', '.join(map(str, levels[:6]))}"
@@ -661,11 +564,12 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         T = int(t_code.max()) + 1
         levels = list(range(T))
         structure = "id"
-    if structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "toep", "toeph", "un") and T < 2:
+    has_corr = structure not in ("id", "diag")
+    if has_corr and T < 2:
         raise DataError(
             f"The covariance term {pf.cov.text} needs at least two visit levels in column {visit!r}; found {T}."
         )
-    if has_response and structure in ("cs", "csh", "ar1", "arh1", "ad", "adh", "toep", "toeph", "un") and np.bincount(s_code).max() < 2:
+    if has_response and has_corr and np.bincount(s_code).max() < 2:
         raise DataError(
             f"No subject (column {subject!r}) has more than one usable row, so the correlation of {pf.cov.text} "
             "cannot be estimated. Check the subject column, or drop the covariance term (independent residuals)."
@@ -706,7 +610,18 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         Z2 = np.zeros((S_pad, T, len(cols2)))
         Z2[s_code, t_code] = Zall[:, cols2]
 
-    resid = make_structure(structure, T)
+    D = None
+    if per_subject:
+        Pc = np.zeros((S_pad, T, coords_row.shape[1]))
+        Pc[s_code, t_code] = coords_row
+        D = np.sqrt(np.sum((Pc[:, :, None, :] - Pc[:, None, :, :]) ** 2, axis=-1))
+        # positions for start values and boundary checks: the mean coordinates of each column
+        cnt = np.maximum(M.sum(axis=0), 1.0)
+        pos = [tuple(float(x) for x in (Pc * M[..., None]).sum(axis=0)[t] / cnt[t]) for t in range(T)]
+        resid = make_structure(structure, T, pos)
+    else:
+        resid = make_structure(structure, T, [lv if isinstance(lv, tuple) else (lv,) for lv in levels] if spatial
+                               else ())
     spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T, plan=plan)
 
     # identifiability
@@ -727,7 +642,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         if len(zero):
             i, j = zero[0]
             raise DataError(
-                f"No subject has both visit {_py(levels[i])!r} and {_py(levels[j])!r} (column {visit!r}), so their "
+                f"No subject has both visit {py_scalar(levels[i])!r} and {py_scalar(levels[j])!r} (column {visit!r}), so their "
                 f"covariance in {pf.cov.text} cannot be estimated. Use a structured covariance (ar1, cs, ...)."
             )
     if n - p < 1:
@@ -781,7 +696,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         subject=subject,
         visit=visit,
         visit_levels=list(levels),
-        visit_labels=[_label(v) for v in levels],
+        visit_labels=[visit_label(v) for v in levels],
         subjects=list(subj_levels),
         n_obs=n,
         n_dropped=n_dropped,
@@ -795,8 +710,9 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         S_pad=S_pad,
         T=T,
         structure=structure,
+        per_subject_cov=per_subject,
     )
-    data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx)
+    data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx, D=D)
     return data_arrays, spec, info
 
 

@@ -128,7 +128,8 @@ def _check_data(data, spec) -> ModelData:
         )
     dt = jnp.result_type(y.dtype, X.dtype, jnp.float32)
     Z2 = None if data.Z2 is None else jnp.asarray(data.Z2).astype(dt)
-    return ModelData(*(a.astype(dt) for a in (y, m, X, Z)), Z2, data.idx)
+    D = None if data.D is None else jnp.asarray(data.D).astype(dt)
+    return ModelData(*(a.astype(dt) for a in (y, m, X, Z)), Z2, data.idx, D)
 
 
 def _check_weights(weights, S: int, dtype, spec=None):
@@ -175,7 +176,7 @@ def _start(data: ModelData, spec: ModelSpec):
     def host(y, m, X, Z, *rest):
         idx = data.idx._replace(lev=np.asarray(rest[1])) if has2 else None
         d = ModelData(np.asarray(y), np.asarray(m), np.asarray(X), np.asarray(Z),
-                      np.asarray(rest[0]) if has2 else None, idx)
+                      np.asarray(rest[0]) if has2 else None, idx, None if data.D is None else np.asarray(data.D))
         return np.asarray(start_values(d, spec), dtype=np.dtype(data.y.dtype))
 
     out = jax.ShapeDtypeStruct((spec.n_theta,), data.y.dtype)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import FormulaError
 
-__all__ = ["COVARIANCE_NAMES", "RandomTerm", "CovTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["COVARIANCE_NAMES", "SPATIAL_NAMES", "RandomTerm", "CovTerm", "ParsedFormula", "parse_formula"]
 
 #: accepted covariance-term names -> canonical structure name
 COVARIANCE_NAMES = {
@@ -34,7 +34,16 @@ COVARIANCE_NAMES = {
     "toep": "toep",
     "toeph": "toeph",
     "diag": "diag",
+    "arma11": "arma11",
+    "arma": "arma11",
+    "sp_exp": "sp_exp",
+    "car1": "sp_pow",
+    "sp_gau": "sp_gau",
+    "sp_pow": "sp_pow",
 }
+
+#: structures of distances between coordinates: ``sp_exp(x, y | subject)`` takes several columns
+SPATIAL_NAMES = ("sp_exp", "sp_gau", "sp_pow")
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 
@@ -90,10 +99,19 @@ class RandomTerm:
 
 @dataclass(frozen=True)
 class CovTerm:
-    structure: str  # canonical name (un, cs, csh, ar1, arh1, diag)
+    """``structure(visit | subject)``; a spatial term may name several coordinate columns
+    (``sp_exp(x, y | subject)``): ``coords`` lists them and ``visit`` is their text ``"x, y"``."""
+
+    structure: str  # canonical name (a key of jaxlmm.covariance.STRUCTURES)
     visit: str
     subject: str
     text: str
+    coords: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The visit or coordinate columns."""
+        return self.coords or (self.visit,)
 
 
 @dataclass(frozen=True)
@@ -276,6 +294,20 @@ def parse_formula(formula: str) -> ParsedFormula:
                 visit, subject = visit.strip(), subject.strip()
                 if not correlated:
                     raise _caret(text, pos, f"Covariance term {term!r} uses '||'; write {name}(visit | subject).")
+                parts = [v.strip() for v, _ in _split_top(visit, ",")]
+                if COVARIANCE_NAMES[key] in SPATIAL_NAMES and len(parts) > 1:
+                    coords = tuple(_column(v) for v in parts)
+                    if None in coords or _column(subject) is None or len(set(coords)) < len(coords):
+                        raise _caret(text, pos, f"Covariance term {term!r} must be {name}(x, y | subject) with distinct "
+                                                "coordinate columns and one subject column.")
+                    if subject in coords:
+                        raise _caret(text, pos, f"Covariance term {term!r} uses {subject!r} as a coordinate and the "
+                                                "subject.")
+                    if cov is not None:
+                        raise _caret(text, pos, "Formula has more than one covariance term; keep one.")
+                    cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=", ".join(coords), subject=subject,
+                                  text=term, coords=coords)
+                    continue
                 if _column(visit) is None or _column(subject) is None:
                     raise _caret(
                         text,

@@ -165,7 +165,7 @@ def _kr_pieces(phi, cl, spec):
     eye = jnp.eye(m.shape[1], dtype=phi.dtype)
 
     def vmat(ph):
-        G1, R, G2 = spec.sas_matrices(ph)
+        G1, R, G2 = spec.sas_matrices(ph, cl.D)
         return cluster_covariance(G1, R, G2, cl) * mm
 
     V = vmat(phi) + eye * (1.0 - m)[:, :, None]
@@ -191,7 +191,8 @@ def clusters(model):
     """The model's observations grouped into independent clusters (jnp arrays), for the dense
     computations of Kenward-Roger and sandwich SEs."""
     cl = cluster_layout(model.arrays, model.spec, max_cells=KR_MAX_CELLS)
-    return type(cl)(*(jnp.asarray(a) if a.dtype.kind == "f" else jnp.asarray(a, jnp.int32) for a in cl))
+    return type(cl)(*(None if a is None else jnp.asarray(a) if a.dtype.kind == "f" else jnp.asarray(a, jnp.int32)
+                      for a in cl))
 
 
 class KenwardRoger:
@@ -356,7 +357,7 @@ def sandwich(result, kind: str = "CR2") -> np.ndarray:
         )
     spec = result.model.spec
     th = jnp.asarray(result.record.theta)
-    V = np.asarray(cluster_covariance(spec.G(th), spec.R(th), spec.level2_G(th), cl))
+    V = np.asarray(cluster_covariance(spec.G(th), spec.R(th, cl.D), spec.level2_G(th), cl))
     Lc = np.linalg.cholesky(V)
     X, y, m = np.asarray(cl.X), np.asarray(cl.y), np.asarray(cl.m)
     r = (y - X @ result.record.beta) * m

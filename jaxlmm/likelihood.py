@@ -67,7 +67,7 @@ class FlatData(NamedTuple):
 
 
 def _subject_pieces(theta, data: ModelData, spec, weights=None):
-    V = marginal_cov(theta, data.m, data.Z, spec)
+    V = marginal_cov(theta, data.m, data.Z, spec, data.D)
     L = jnp.linalg.cholesky(V)
     Xw = solve_triangular(L, data.X, lower=True)
     yw = solve_triangular(L, data.y[..., None], lower=True)[..., 0]
@@ -161,7 +161,7 @@ def blups(theta, beta, data: ModelData, spec):
     """Level-1 BLUPs b_i = G Z_i' V_i^-1 (y_i - X_i beta) and Var(b_i | y) = G - G Z_i' V_i^-1 Z_i G
     (beta treated as known, as lme4's condVar).  Returns ([S, q], [S, q, q])."""
     G = spec.G(theta)
-    L = jnp.linalg.cholesky(marginal_cov(theta, data.m, data.Z, spec))
+    L = jnp.linalg.cholesky(marginal_cov(theta, data.m, data.Z, spec, data.D))
     r = (data.y - jnp.einsum("stp,p->st", data.X, beta)) * data.m
     Vr = jax.scipy.linalg.cho_solve((L, True), r[..., None])[..., 0]
     ZG = jnp.einsum("stk,kl->stl", data.Z, G)
@@ -219,6 +219,7 @@ class ClusterLayout(NamedTuple):
     Z2: np.ndarray
     lev: np.ndarray
     cell: np.ndarray
+    D: np.ndarray | None = None  # [C, n, n] distances of cell pairs (per-subject spatial structures)
 
 
 def cluster_of_subjects(data: ModelData, spec) -> np.ndarray:
@@ -273,7 +274,12 @@ def cluster_layout(data: ModelData, spec, max_cells: int | None = None) -> Clust
         return out
 
     sub = put(s_idx, -1, np.int64)
+    t = put(t_idx, 0, np.int64)
+    Dc = None
+    if data.D is not None:  # distances within a subject (other pairs are not used)
+        sc = np.maximum(sub, 0)
+        Dc = np.asarray(data.D)[sc[:, :, None], t[:, :, None], t[:, None, :]]
     sub[sub < 0] = -1 - np.arange(int((sub < 0).sum()))  # padding cells: a subject of their own
-    return ClusterLayout(sub=sub, t=put(t_idx, 0, np.int64), m=put(np.ones(len(cl))), X=put(X[s_idx, t_idx]),
+    return ClusterLayout(sub=sub, t=t, m=put(np.ones(len(cl))), X=put(X[s_idx, t_idx]),
                          y=put(y[s_idx, t_idx]), Z=put(Z[s_idx, t_idx]), Z2=put(Z2[s_idx, t_idx]),
-                         lev=put(lev[s_idx], 0, np.int64), cell=put(np.stack([s_idx, t_idx], 1), -1, np.int64))
+                         lev=put(lev[s_idx], 0, np.int64), cell=put(np.stack([s_idx, t_idx], 1), -1, np.int64), D=Dc)

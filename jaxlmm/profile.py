@@ -138,7 +138,7 @@ class _Problem:
 
     def _start_u(self, fit):
         phi = fit.theta.to_numpy()
-        sd_scale = float(np.sqrt(np.mean(np.diag(fit.residual_covariance.to_numpy()))))
+        sd_scale = float(np.sqrt(np.mean(np.diag(np.asarray(fit.model.spec.R(jnp.asarray(fit.record.theta)))))))
         floor = np.full(self.k, 1e-4 * max(sd_scale, 1e-12))
         return _to_u(phi, self.bounds, floor)
 

@@ -47,7 +47,8 @@ def _level2_system(theta, beta, data, spec):
 
     th = jnp.asarray(theta)
     m = np.asarray(data.m)
-    V = np.asarray(marginal_cov(th, jnp.asarray(m), jnp.asarray(data.Z), spec))
+    D = None if data.D is None else jnp.asarray(data.D)
+    V = np.asarray(marginal_cov(th, jnp.asarray(m), jnp.asarray(data.Z), spec, D))
     L = np.linalg.cholesky(V)
     S, T = m.shape
     r = (np.asarray(data.y) - np.asarray(data.X) @ np.asarray(beta)) * m

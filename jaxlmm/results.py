@@ -15,10 +15,13 @@ import pandas as pd
 
 from .distributions import norm_ppf, t_ppf, t_sf
 from .checks import as_frame, check_choice, check_count, check_keywords, check_seed
-from .design import check_columns, levels_of, new_design_rows
+from .design import check_columns, new_design_rows
 from .errors import LMMError
+from .visits import levels_of
 from .fitting import natural_values
 from .optimize import BOUNDARY, CONVERGED, STATUS
+from .covariance import SPATIAL
+from .spec import NaturalSpec
 
 __all__ = ["LMMResult"]
 
@@ -443,8 +446,8 @@ class LMMResult:
 
         ``Cov(theta_hat) = 2 H^-1`` (``H`` the exact Hessian of -2 log L in the optimiser's
         parameters), carried to natural parameters by the delta method.  Intervals are built on
-        a scale where the estimate is closer to normal and transformed back: ``log`` for SDs,
-        Fisher's ``z = atanh`` for correlations.  Near a boundary (a variance ~0) Wald intervals
+        a scale where the estimate is closer to normal and transformed back: ``log`` for SDs and
+        ranges, ``logit`` for a power-correlation base, Fisher's ``z = atanh`` for correlations.  Near a boundary (a variance ~0) Wald intervals
         are unreliable; use profile (:meth:`conf_int` with ``method="profile"``) or bootstrap
         intervals there.
 
@@ -465,16 +468,41 @@ class LMMResult:
         se = np.sqrt(np.clip(np.diag(cov), 0, None))
         z = norm_ppf(0.5 + level / 2)
         lo, hi = np.empty(len(est)), np.empty(len(est))
+        bounds = NaturalSpec(self.model.spec).bounds()
         for i, (name, v) in enumerate(est.items()):
-            if name.startswith("sd[") or name == "sigma":
+            if np.isinf(bounds[i][1]):  # SDs, ranges: on the log scale
                 s_log = se[i] / max(v, 1e-300)
                 lo[i], hi[i] = v * np.exp(-z * s_log), v * np.exp(z * s_log)
+            elif bounds[i] == (0.0, 1.0):  # a power-correlation base: on the logit scale
+                p = float(np.clip(v, 1e-12, 1 - 1e-12))
+                s_l = se[i] / (p * (1 - p))
+                lo[i], hi[i] = [1 / (1 + np.exp(-(np.log(p / (1 - p)) + k * z * s_l))) for k in (-1, 1)]
             else:
                 zt = np.arctanh(np.clip(v, -1 + 1e-12, 1 - 1e-12))
                 s_z = se[i] / max(1 - v * v, 1e-300)
                 lo[i], hi[i] = np.tanh(zt - z * s_z), np.tanh(zt + z * s_z)
         return pd.DataFrame({"estimate": est.to_numpy(), "std_error": se, "ci_lower": lo, "ci_upper": hi},
                             index=est.index)
+
+    @cached_property
+    def covparms(self) -> pd.DataFrame:
+        """The covariance parameters as SAS PROC MIXED's "Covariance Parameter Estimates": SAS's
+        names (``UN(i,j)``, ``CS``, ``Var(i)``, ``AR(1)``, ``TOEP(k)``, ``Rho(i)``, ``SP(EXP)``,
+        ``Residual``, ...) and parameterisation (variances and covariances; SP(EXP) the range),
+        with SEs from the observed information (the delta method from :attr:`theta_table`'s
+        covariance).  ``subject``: the grouping factor of a random term, the subject column of the
+        residual structure."""
+        import jax
+
+        spec = self.model.spec
+        th = jnp.asarray(self.record.theta)
+        phi = np.asarray(spec.sas_params(th))
+        J = np.asarray(jax.jacfwd(spec.sas_params)(th))
+        se = np.sqrt(np.clip(np.diag(J @ self.record.theta_covariance() @ J.T), 0, None))
+        names = spec.sas_names()
+        return pd.DataFrame({"cov_parm": [n for n, _ in names],
+                             "subject": [g if g is not None else self.info.subject for _, g in names],
+                             "estimate": phi, "std_error": se})
 
     def profile(self, which=None, n_points: int = 13, level_max: float = 0.99, criterion=None) -> pd.DataFrame:
         """Likelihood profiles: for each parameter psi, ``zeta(psi) = sign(psi - psi_hat)
@@ -557,9 +585,40 @@ class LMMResult:
 
     @property
     def residual_covariance(self) -> pd.DataFrame:
+        """The T x T residual covariance over the visit levels (or the distinct coordinate points of
+        a spatial structure).  A spatial structure on each subject's own coordinates has one per
+        subject: see :meth:`residual_covariance_of`."""
+        if self.info.per_subject_cov:
+            raise LMMError(
+                f"The residual covariance of {self.info.formula.cov.text} depends on each subject's own coordinates "
+                "(there is no common visit grid); use res.residual_covariance_of(subject) for one subject's, and "
+                "res.theta / res.covparms for the parameters."
+            )
         R = np.asarray(self.model.spec.R(jnp.asarray(self.record.theta)))
         lab = self.info.visit_labels if self.info.visit is not None else [f"pos{i + 1}" for i in range(self.info.T)]
         return pd.DataFrame(R, index=lab, columns=lab)
+
+    def _residual_matrices(self) -> np.ndarray:
+        """R [T, T], or one per subject [S_pad, T, T] for a per-subject spatial structure."""
+        D = self.model.arrays.D
+        th = jnp.asarray(self.record.theta)
+        return np.asarray(self.model.spec.R(th) if D is None else self.model.spec.R(th, jnp.asarray(D)))
+
+    def residual_covariance_of(self, subject) -> pd.DataFrame:
+        """The residual covariance of one subject's observations, indexed by their row positions
+        in the input data (in the subject's column order)."""
+        info = self.info
+        if subject not in info.subjects:
+            raise LMMError(f"{subject!r} is not a subject of the fit (column {info.subject!r}).")
+        s = info.subjects.index(subject)
+        rows = np.nonzero(np.asarray(info.row_s) == s)[0]
+        rows = rows[np.argsort(np.asarray(info.row_t)[rows])]
+        t = np.asarray(info.row_t)[rows]
+        D = self.model.arrays.D
+        th = jnp.asarray(self.record.theta)
+        R = np.asarray(self.model.spec.R(th) if D is None else self.model.spec.R(th, jnp.asarray(D[s])))
+        lab = list(np.asarray(info.row_index)[rows])
+        return pd.DataFrame(R[np.ix_(t, t)], index=lab, columns=lab)
 
     @property
     def residual_correlation(self) -> pd.DataFrame:
@@ -707,15 +766,15 @@ class LMMResult:
         if kind == "response":
             out = r
         elif kind == "pearson":
-            R = self.residual_covariance.to_numpy()
-            out = r / np.sqrt(np.diag(R)[t])
+            R = self._residual_matrices()
+            out = r / np.sqrt(np.diagonal(R, axis1=-2, axis2=-1)[..., t] if R.ndim == 2 else R[s, t, t])
         else:
-            R = self.residual_covariance.to_numpy()
+            R = self._residual_matrices()
             T = self.info.T
             rr = np.zeros((self.info.S_pad, T))
             rr[s, t] = r
             m = np.asarray(a.m)
-            Rs = (m[:, :, None] * m[:, None, :]) * R[None] + np.eye(T)[None] * (1 - m)[:, :, None]
+            Rs = (m[:, :, None] * m[:, None, :]) * (R[None] if R.ndim == 2 else R) + np.eye(T)[None] * (1 - m)[:, :, None]
             L = np.linalg.cholesky(Rs)
             z = np.linalg.solve(L, rr[..., None])[..., 0]
             out = z[s, t]
@@ -819,7 +878,9 @@ class LMMResult:
         struct = self.model.spec.resid
         if info.visit is not None:
             lines.append(
-                f"Residual covariance: {struct.sas} over {info.T} levels of {info.visit!r}, subject {info.subject!r}"
+                f"Residual covariance: {struct.sas} over {info.T} {'points' if info.structure in SPATIAL else 'levels'} "
+                f"of {info.visit!r}, subject {info.subject!r}" if not info.per_subject_cov else
+                f"Residual covariance: {struct.sas} of the distances in ({info.visit}) within subject {info.subject!r}"
             )
         else:
             lines.append("Residual covariance: sigma^2 I")
@@ -890,8 +951,8 @@ class LMMResult:
             for i, c in enumerate(G.index):
                 corr = [Gv[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else 0.0 for j in range(i)]
                 rows.append((g if i == 0 else "", c, Gv[i, i], sd[i], corr))
-        R = self.residual_covariance.to_numpy()
         if self.info.visit is None:
+            R = self.residual_covariance.to_numpy()
             rows.append(("Residual", "", R[0, 0], np.sqrt(R[0, 0]), []))
         wg = max(8, max(len(r[0]) for r in rows)) + 2
         wn = max(6, max(len(r[1]) for r in rows)) + 2

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .compare import lrt
+from .compare import RESID_NESTED, lrt
+from .formula import COVARIANCE_NAMES
 from .errors import LMMError
 from .model import fit as _fit
 
@@ -68,8 +69,11 @@ def select_covariance(formula: str, data, visit: str, subject: str,
 
     ``formula`` is the mean model (``"y ~ arm * visit"``); each candidate adds
     ``structure(visit | subject)``.  All fits use the same fixed effects and method (REML by
-    default, as SAS practice).  Nested pairs (CS in CSH in UN, AR(1) in ARH(1) in UN, CS/AR(1) in
-    UN, DIAG in CSH/ARH(1)) get LRTs against ``chi2(df)`` (their null values are interior).
+    default, as SAS practice).  Any structure of :data:`jaxlmm.covariance.STRUCTURES` can be a
+    candidate (``sp_exp`` and the other spatial ones need a numeric ``visit``: a time).  Nested
+    pairs (:data:`jaxlmm.compare.RESID_NESTED`: CS in CSH in UN, AR(1) in ARH(1), ARMA(1,1) and
+    TOEP, CS in TOEP in UN, AD in ADH in UN, DIAG in CSH/ARH(1), ...) get LRTs against
+    ``chi2(df)`` (their null values are interior).
 
     Examples
     --------
@@ -86,8 +90,9 @@ def select_covariance(formula: str, data, visit: str, subject: str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fits[st] = _fit(f"{formula} + {st}({visit} | {subject})", data, reml=reml)
-    pairs = [("cs", "csh"), ("csh", "un"), ("cs", "un"), ("ar1", "arh1"), ("arh1", "un"), ("ar1", "un"),
-             ("diag", "csh"), ("diag", "arh1"), ("diag", "un")]
+    canon = {st: COVARIANCE_NAMES.get(st.lower(), st) for st in structures}
+    pairs = sorted((a, b) for a in structures for b in structures
+                   if a != b and (canon[a], canon[b]) in RESID_NESTED and (canon[b], canon[a]) not in RESID_NESTED)
     table, lrt_table = _rank(fits, criterion, pairs)
     return Selection(fits, table, lrt_table, criterion)
 

@@ -26,7 +26,11 @@ def simulate_padded(seed, idx, theta, beta, data, m, spec):
     ``data`` is the model's :class:`~jaxlmm.spec.ModelData` (its X, Z, Z2 and level indices)."""
     key = jax.random.PRNGKey(seed)
     X, Z = data.X, data.Z
-    LR = jnp.linalg.cholesky(spec.R(theta))
+    if data.D is None:
+        LR = jnp.linalg.cholesky(spec.R(theta))
+    else:  # one residual covariance per subject (a spatial structure); identity on unused cells
+        mm = data.m[..., :, None] * data.m[..., None, :]
+        LR = jnp.linalg.cholesky(mm * spec.R(theta, data.D) + jnp.eye(data.m.shape[-1]) * (1.0 - data.m)[..., :, None])
     mu = jnp.einsum("stp,p->st", X, beta)
     S, T = m.shape
     LG = spec.G_chol(theta) if spec.q else None
@@ -39,7 +43,8 @@ def simulate_padded(seed, idx, theta, beta, data, m, spec):
             ke, kb = jax.random.split(k)
         else:
             ke, kb, k2 = jax.random.split(k, 3)
-        y = mu + jax.random.normal(ke, (S, T), dtype=X.dtype) @ LR.T
+        e = jax.random.normal(ke, (S, T), dtype=X.dtype)
+        y = mu + (e @ LR.T if LR.ndim == 2 else jnp.einsum("stu,su->st", LR, e))
         if spec.q:
             b = jax.random.normal(kb, (S, spec.q), dtype=X.dtype) @ LG.T
             y = y + jnp.einsum("stk,sk->st", Z, b)

@@ -32,7 +32,9 @@ LOG2PI = float(np.log(2 * np.pi))
 class ModelData(NamedTuple):
     """Padded model arrays (a pytree).  S subjects (padded), T visit positions, p fixed, q level-1
     random effects; ``Z2`` [S, T, q2] and ``idx`` (a :class:`~jaxlmm.terms.Level2Index`) hold the
-    level-2 factors (None without them).  Without a covariance term and with several grouping
+    level-2 factors (None without them).  ``D`` [S, T, T] holds the distances between each
+    subject's observations when a spatial structure has one covariance per subject (its rows
+    fill the columns; None otherwise).  Without a covariance term and with several grouping
     factors, every row is its own "subject" (T = 1)."""
 
     y: jax.Array  # [S, T]   response, 0 where masked
@@ -41,12 +43,13 @@ class ModelData(NamedTuple):
     Z: jax.Array  # [S, T, q]
     Z2: jax.Array | None = None
     idx: object = None
+    D: jax.Array | None = None  # [S, T, T] distances of each subject's observations (spatial terms)
 
     def to_jax(self, dtype=jnp.float64) -> "ModelData":
         """The arrays as JAX arrays of ``dtype`` (index arrays as int32)."""
         f = (lambda a: None if a is None else jnp.asarray(a, dtype))
         idx = None if self.idx is None else jax.tree.map(lambda a: jnp.asarray(a, jnp.int32), self.idx)
-        return ModelData(f(self.y), f(self.m), f(self.X), f(self.Z), f(self.Z2), idx)
+        return ModelData(f(self.y), f(self.m), f(self.X), f(self.Z), f(self.Z2), idx, f(self.D))
 
     def masked(self, m) -> "ModelData":
         """The same design with mask ``m`` [S, T] (y, X, Z, Z2 zeroed where ``m`` is 0)."""
@@ -134,15 +137,17 @@ class ModelSpec:
         """A factor L with L L' = G (block diagonal of the blocks' factors; exact at a boundary)."""
         return _block_diag([self.blocks[j] for j in self.level1], self._mats(theta, "chol"), theta.dtype)
 
-    def R(self, theta):
+    def R(self, theta, D=None):
+        """The residual covariance [T, T], or per subject [..., T, T] from the distances ``D`` of a
+        spatial structure."""
         _, s = self.param_slices()
-        return self.resid.matrix(theta[s])
+        return self.resid.matrix(theta[s]) if D is None else self.resid.matrix_at(theta[s], D)
 
     def level1_inverse(self, theta, m):
         """``(V*^-1, log|V*|)`` in closed form for masks ``m`` [..., T] (zero rows and columns at
         unobserved visits), or None: only without level-1 random effects and for residual
         structures with an ``inverse`` (:mod:`jaxlmm.covariance`)."""
-        if self.q or not hasattr(self.resid, "inverse"):
+        if self.q or getattr(self.resid, "inverse", None) is None:
             return None
         _, s = self.param_slices()
         return self.resid.inverse(theta[s], m)
@@ -191,8 +196,17 @@ class ModelSpec:
         parts = [b.sas_params(theta[s]) for b, s in zip(self.blocks, sl)]
         return jnp.concatenate(parts + [self.resid.sas_params(theta[sr])])
 
-    def sas_matrices(self, phi):
-        """(level-1 G, R, [G_f of every level-2 factor]) from SAS-style parameters."""
+    def sas_names(self):
+        """(SAS's name, grouping) of each of :meth:`sas_params`: the random blocks' groups, then
+        None for the residual structure."""
+        out = []
+        for b in self.blocks:
+            out += [(n, b.group) for n in b.sas_names()]
+        return out + [(n, None) for n in self.resid.sas_names()]
+
+    def sas_matrices(self, phi, D=None):
+        """(level-1 G, R, [G_f of every level-2 factor]) from SAS-style parameters (R at the
+        distances ``D`` of a per-subject spatial structure when given)."""
         sl, sr = self.sas_slices()
         mats = [b.sas_matrix(phi[s]) for b, s in zip(self.blocks, sl)]
         G = _block_diag([self.blocks[j] for j in self.level1], [mats[j] for j in self.level1], phi.dtype)
@@ -200,7 +214,8 @@ class ModelSpec:
         if self.plan is not None:
             for f in self.plan.factors:
                 G2.append(_block_diag([self.blocks[j] for j in f.blocks], [mats[j] for j in f.blocks]))
-        return G, self.resid.sas_matrix(phi[sr]), G2
+        R = self.resid.sas_matrix(phi[sr]) if D is None else self.resid.sas_matrix_at(phi[sr], D)
+        return G, R, G2
 
     # ---- status checks -------------------------------------------------------------------
     def is_degenerate(self, theta, theta0):
@@ -306,9 +321,10 @@ def covariance_blocks(G, R, m, Z, same=None, level2=()):
     return mm * V + jnp.eye(n, dtype=V.dtype) * (1.0 - m)[..., :, None]
 
 
-def marginal_cov(theta, m, Z, spec):
-    """Level-1 ``V*_i`` [..., T, T] of the subjects (or patterns) with masks ``m`` and rows ``Z``."""
-    return covariance_blocks(spec.G(theta), spec.R(theta), m, Z)
+def marginal_cov(theta, m, Z, spec, D=None):
+    """Level-1 ``V*_i`` [..., T, T] of the subjects (or patterns) with masks ``m`` and rows ``Z``
+    (and the distances ``D`` of each subject's observations for a per-subject spatial structure)."""
+    return covariance_blocks(spec.G(theta), spec.R(theta, D), m, Z)
 
 
 def cluster_covariance(G1, R, G2, cl):
@@ -320,7 +336,7 @@ def cluster_covariance(G1, R, G2, cl):
     ``sub``, visit ``t``, mask ``m``, level-1 rows ``Z``, level-2 rows ``Z2`` and levels ``lev``:
     ``V[a, b] = [sub_a = sub_b] (R[t_a, t_b] + z_a' G1 z_b) + sum_f [lev_fa = lev_fb] z2_fa' G_f z2_fb``."""
     same = (cl.sub[..., :, None] == cl.sub[..., None, :]).astype(R.dtype)
-    Rc = R[cl.t[..., :, None], cl.t[..., None, :]]
+    Rc = R if R.ndim == 3 else R[cl.t[..., :, None], cl.t[..., None, :]]  # [C, n, n]: already per cell
     level2, o = [], 0
     for f, Gf in enumerate(G2):
         k = Gf.shape[0]

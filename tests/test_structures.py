@@ -35,7 +35,7 @@ def test_natural_round_trip(name):
     np.testing.assert_allclose(st.matrix(jnp.asarray(st.from_natural(nat))), st.matrix(jnp.asarray(th)), rtol=1e-10)
 
 
-CLOSED_FORM = {"id", "diag", "cs", "csh", "ar1", "arh1", "ad", "adh"}  # structures with ``inverse`` (covariance.py)
+CLOSED_FORM = {"id", "diag", "cs", "csh", "ar1", "arh1", "ad", "adh", "sp_exp", "sp_pow"}  # structures with ``inverse`` (covariance.py)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -45,7 +45,7 @@ def test_closed_form_inverse_matches_dense(name):
     gradient equals the one through a Cholesky factorisation."""
     T = 7
     st = make_structure(name, T)
-    assert hasattr(st, "inverse") == (name in CLOSED_FORM)
+    assert (getattr(st, "inverse", None) is not None) == (name in CLOSED_FORM)
     if name not in CLOSED_FORM:
         return
     rng = np.random.default_rng(3)
@@ -165,3 +165,36 @@ def test_toeplitz_special_cases():
     cs2, toep2 = make_structure("cs", 2), make_structure("toep", 2)
     np.testing.assert_allclose(toep2.matrix(jnp.asarray(toep2.from_natural([1.1, 0.35]))),
                                cs2.matrix(jnp.asarray(cs2.from_natural([1.1, 0.35]))), rtol=1e-12)
+
+
+def test_arma_and_spatial_special_cases():
+    """ARMA(1,1) with theta = 0 (SAS: Gamma = Rho) is AR(1); SAS's (Rho, Gamma) map back to
+    (phi, theta); sp_pow over integer times is AR(1) with rho > 0, and sp_exp with range d is
+    sp_pow with rho = exp(-1/d); in one coordinate both have the Markov inverse."""
+    T = 6
+    arma, ar1 = make_structure("arma11", T), make_structure("ar1", T)
+    th = jnp.asarray([0.3, np.arctanh(0.6), 0.0])
+    np.testing.assert_allclose(arma.matrix(th), ar1.matrix(th[:2]), rtol=1e-13)
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        th = jnp.asarray(rng.normal(size=3))
+        phi = arma.sas_params(th)  # Rho, Gamma, Residual
+        np.testing.assert_allclose(arma.sas_matrix(phi), arma.matrix(th), rtol=1e-10, atol=1e-12)
+        assert abs(float(phi[1]) - float(np.asarray(arma.matrix(th))[0, 1] / np.exp(2 * float(th[0])))) < 1e-12
+    coords = tuple((float(t),) for t in range(T))
+    spow, sexp = make_structure("sp_pow", T, coords), make_structure("sp_exp", T, coords)
+    rho = 0.7
+    np.testing.assert_allclose(spow.matrix(jnp.asarray([0.2, np.log(rho / (1 - rho))])),
+                               ar1.matrix(jnp.asarray([0.2, np.arctanh(rho)])), rtol=1e-12)
+    np.testing.assert_allclose(sexp.matrix(jnp.asarray([0.2, np.log(-1 / np.log(rho))])),
+                               ar1.matrix(jnp.asarray([0.2, np.arctanh(rho)])), rtol=1e-12)
+    # irregular times and two coordinates: the correlation is the function of the distance
+    t = (0.0, 0.35, 1.2, 4.0)
+    st = make_structure("sp_gau", 4, tuple((x,) for x in t))
+    C = np.asarray(st.matrix(jnp.asarray([0.0, np.log(1.5)])))
+    np.testing.assert_allclose(C, np.exp(-((np.subtract.outer(t, t) / 1.5) ** 2)), rtol=1e-13)
+    pts = ((0.0, 0.0), (3.0, 4.0), (1.0, 1.0))
+    st = make_structure("sp_exp", 3, pts)
+    assert getattr(st, "inverse", None) is None  # two coordinates: not Markov
+    C = np.asarray(st.matrix(jnp.asarray([0.0, np.log(2.0)])))
+    assert abs(C[0, 1] - np.exp(-5.0 / 2.0)) < 1e-14 and abs(C[0, 2] - np.exp(-np.sqrt(2.0) / 2.0)) < 1e-14
