@@ -79,7 +79,7 @@ def responses_to_padded(info, Y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = np.zeros((B, info.S_pad, info.T))
     m = np.zeros((B, info.S_pad, info.T))
     obs = ~np.isnan(Yv)
-    y[:, info.row_s, info.row_t] = np.where(obs, Yv, 0.0)
+    y[:, info.row_s, info.row_t] = np.where(obs, Yv, 0.0) * (1.0 if info.row_sqrt_w is None else info.row_sqrt_w)
     m[:, info.row_s, info.row_t] = obs
     bad |= obs.sum(axis=1) <= len(info.fixed_names)
     return y, m, bad
@@ -381,11 +381,14 @@ def fit_batch_padded(
         fd = to_mesh(fd, mesh, sharded=False)
 
     out = {k: [] for k in ("x", "f", "it", "st", "beta", "se", "nat")}
+    out["off"] = []  # -sum(log w) of each replicate's observed cells (observation weights)
     bar = progress_bar(B, progress if n_chunks > 1 or progress else False)
     for c in range(n_chunks):
         idx = np.arange(c * C, (c + 1) * C)
         idx = np.minimum(idx, B - 1)  # pad the last chunk by repeating the last replicate
         y, m = source(idx)
+        out["off"].append(np.asarray(info.deviance_offset(shared_mask[None] if m is None else np.asarray(m)))
+                          * np.ones(len(idx)))
         y = to_mesh(jnp.asarray(y, dtype), mesh, sharded=True)
         if path == "patterns":
             res = _batch_patterns(th0, Binv0, y, m_j, data.X, scales, pdes_j, spec, layout, reml_j, max_iter, tol,
@@ -401,11 +404,12 @@ def fit_batch_padded(
         n_real = min(C, B - c * C)
         for k, v in zip(out, res):
             out[k].append(np.asarray(v)[:n_real])
+        out["off"][-1] = out["off"][-1][:n_real]
         if bar is not None:
             bar.update(n_real)
     if bar is not None:
         bar.close()
-    x, f, it, st, beta, se, nat = (np.concatenate(out[k]) for k in out)
+    x, f, it, st, beta, se, nat, off = (np.concatenate(out[k]) for k in out)
     x, f, beta, se, nat = (np.asarray(a, dtype=np.float64) for a in (x, f, beta, se, nat))
     st = st.astype(np.int32)
     bad = np.zeros(B, bool) if bad is None else np.asarray(bad, bool)
@@ -417,6 +421,7 @@ def fit_batch_padded(
             _retry(model, source, fail, reml, x, f, it, st, beta, se, shared_mask, max_iter=200)
             for i in fail:
                 nat[i] = np.asarray(natural_values(jnp.asarray(x[i]), spec)[0])
+    f = f + off
     if bad.any():
         for a in (x, f, beta, se, nat):
             a[bad] = np.nan

@@ -100,7 +100,7 @@ def _fit(args) -> int:
     df = _read(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", lmm.ConvergenceWarning)
-        res = lmm.fit(args.formula, df, reml=not args.ml, ddf=args.ddf)
+        res = lmm.fit(args.formula, df, reml=not args.ml, ddf=args.ddf, weights=args.weights)
     for w in caught:
         if issubclass(w.category, lmm.ConvergenceWarning):
             print(f"jaxlmm: warning: {w.message}", file=sys.stderr)
@@ -162,7 +162,7 @@ def _bootstrap(args) -> int:
     df = _read(args.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lmm.ConvergenceWarning)
-        res = lmm.fit(args.formula, df, reml=not args.ml)
+        res = lmm.fit(args.formula, df, reml=not args.ml, weights=args.weights)
     boot = res.bootstrap(n=args.n, seed=args.seed, progress=not args.json)
     ci = boot.conf_int(args.method, args.level)
     if args.json:
@@ -293,6 +293,7 @@ def main(argv=None) -> int:
     p.add_argument("data")
     p.add_argument("formula")
     p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    p.add_argument("--weights", help="a column of observation weights (SAS WEIGHT: residual variance / weight)")
     p.add_argument("--ddf", default="satterthwaite",
                    choices=["satterthwaite", "kenward-roger", "kenward-roger-linear", "residual", "between-within"],
                    help="denominator degrees of freedom for the fixed effects (default satterthwaite)")
@@ -319,6 +320,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", default="percentile", choices=["percentile", "basic"])
     p.add_argument("--level", type=float, default=0.95)
     p.add_argument("--ml", action="store_true")
+    p.add_argument("--weights", help="a column of observation weights")
     p.add_argument("--json", action="store_true")
     _distributed_flags(p)
     p.set_defaults(func=_bootstrap)

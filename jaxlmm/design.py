@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,8 +27,8 @@ from .spec import ModelData, ModelSpec
 from .visits import levels_of, natural_key, py_scalar, spatial_positions, visit_label, visit_positions
 from .terms import DENSE_LIMIT, Factor, make_factor, nested_in, plan_level2, same_partition
 
-__all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows", "ENGINES",
-           "FLAT_ROWS"]
+__all__ = ["DesignInfo", "build_design", "bucket", "check_columns", "levels_of", "new_design_rows", "ordered_to_poly",
+           "ENGINES", "FLAT_ROWS"]
 
 ENGINES = ("auto", "general", "subjects")
 # A model with one grouping factor and no covariance term whose largest group has more rows
@@ -75,11 +76,34 @@ class DesignInfo:
     T: int
     structure: str
     per_subject_cov: bool = False  # a spatial structure from each subject's own coordinates
+    weights: str | None = None  # the observation-weights column (SAS WEIGHT)
+    row_sqrt_w: np.ndarray | None = None  # sqrt(weight) of each used row; the arrays' rows are scaled by it
     extra: dict = field(default_factory=dict)
 
     @property
     def n_groups(self):
         return self.S if self.subject is not None else None
+
+    def cell_log_w(self) -> np.ndarray:
+        """log(weight) of each padded cell [S_pad, T] (0 without weights and at unused cells)."""
+        out = np.zeros((self.S_pad, self.T))
+        if self.row_sqrt_w is not None:
+            out[self.row_s, self.row_t] = 2.0 * np.log(self.row_sqrt_w)
+        return out
+
+    def deviance_offset(self, m=None) -> float | np.ndarray:
+        """-sum(log w) over the observed cells (masks ``m`` [..., S_pad, T]; all used rows by
+        default): the deviance of the data minus that of the weight-scaled arrays."""
+        if self.row_sqrt_w is None:
+            return 0.0 if m is None else np.zeros(np.asarray(m).shape[:-2])
+        lw = self.cell_log_w()
+        if m is None:
+            return -float(lw.sum())
+        return -np.sum(np.asarray(m) * lw, axis=(-2, -1))
+
+    def unscale(self, values) -> np.ndarray:
+        """Values of the used rows [..., n] in the weight-scaled arrays' units -> the data's."""
+        return np.asarray(values) if self.row_sqrt_w is None else np.asarray(values) / self.row_sqrt_w
 
 
 def _rename_intercept(cols):
@@ -207,15 +231,50 @@ def _short(e: Exception) -> str:
     return str(e).replace("\x1b[1;31m", "").replace("\x1b[0m", "").replace("⧛", "").replace("⧚", "").strip()
 
 
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+
+
+def ordered_to_poly(expr: str, data: pd.DataFrame) -> tuple[str, list[str]]:
+    """R's default contrasts for ordered factors: every mention of an ordered pandas Categorical
+    column as a term or in an interaction (not inside a function call such as ``C(x, Sum)``)
+    becomes ``C(x, Poly)`` (orthogonal polynomials, R's ``contr.poly``: columns ``x[.L]``,
+    ``x[.Q]``, ``x[.C]``, ``x[^4]``, ...).  Returns the rewritten expression and the columns."""
+    wrapped = []
+    for c in data.columns:
+        if not (isinstance(c, str) and _PLAIN.fullmatch(c) and isinstance(data[c].dtype, pd.CategoricalDtype)
+                and data[c].cat.ordered):
+            continue
+        pieces, pos = [], 0
+        for mt in re.finditer(r"(?<![\w.`])" + re.escape(c) + r"(?![\w.`])", expr):
+            before, after = expr[: mt.start()].rstrip(), expr[mt.end():].lstrip()
+            prev = before[-1:] if before else ""
+            # a term: after an operator or an opening bracket that is not a call's
+            term_start = prev in ("", "~", "+", "-", "*", ":", "/", "|") or (
+                prev == "(" and not re.search(r"[\w.]\s*\($", expr[: mt.start()]))
+            if term_start and (after[:1] in ("", "+", "-", "*", ":", "/", ")", "^", "|")):
+                pieces += [expr[pos: mt.start()], f"C({c}, Poly)"]
+                pos = mt.end()
+        if pieces:
+            wrapped.append(c)
+            expr = "".join(pieces) + expr[pos:]
+    return expr, wrapped
+
+
 def _model_matrix(expr: str, data: pd.DataFrame, what: str):
+    """(formulaic model matrix, column names): ordered factors get polynomial contrasts
+    (:func:`ordered_to_poly`) and their columns R's suffixes (``x[.L]``)."""
     import formulaic
 
+    expr2, wrapped = ordered_to_poly(expr, data)
     try:
         with np.errstate(all="ignore"):  # log(0) etc.: reported by _check_finite with the column name
-            mm = formulaic.model_matrix(expr, data, na_action="ignore")
+            mm = formulaic.model_matrix(expr2, data, na_action="ignore")
     except Exception as e:
         raise FormulaError(f"Cannot build the {what} from {expr!r}: {_short(e)}") from None
-    return mm
+    names = list(mm.columns)
+    for c in wrapped:
+        names = [n.replace(f"C({c}, Poly)[", f"{c}[") for n in names]
+    return mm, _rename_intercept(names)
 
 
 def _check_finite(M: np.ndarray, names, what: str, labels) -> None:
@@ -370,7 +429,7 @@ def _grouping(pf: ParsedFormula, df: pd.DataFrame, general: bool | None = None) 
 
 
 def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_response: bool = True,
-                 engine: str = "auto"):
+                 engine: str = "auto", weights: str | None = None):
     """Build ``(ModelData, ModelSpec, DesignInfo)`` from a formula and a DataFrame.
 
     With ``require_response=False`` the response column may be absent (a design for
@@ -422,8 +481,14 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         for c in pf.cov.columns:
             used.setdefault(c, f"visit of {pf.cov.text}")
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
+    if weights is not None:
+        used.setdefault(weights, "weights")
     for name, what in used.items():
         check_columns([name], data, what)
+    if weights is not None and (not pd.api.types.is_numeric_dtype(data[weights])
+                                or pd.api.types.is_bool_dtype(data[weights])):
+        raise DataError(f"The weights column {weights!r} is not numeric (dtype {data[weights].dtype}); give one "
+                        "positive number per row (the residual variance of a row is divided by its weight).")
 
     for name in used:
         col = data[name]
@@ -452,11 +517,21 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     row_index = np.nonzero(keep.to_numpy())[0]
     row_labels = labels[row_index]
     df = data.loc[keep].reset_index(drop=True)
+    sqrt_w = None
+    if weights is not None:
+        w = df[weights].to_numpy(dtype=float)
+        if (w <= 0).any():
+            i = int(np.argmax(w <= 0))
+            raise DataError(
+                f"The weights column {weights!r} has {int((w <= 0).sum())} value(s) <= 0 (first {py_scalar(w[i])!r} at "
+                f"row {py_scalar(row_labels[i])!r}); weights must be positive. Drop those rows (SAS ignores rows with "
+                "a weight <= 0) or fix the weights."
+            )
+        sqrt_w = np.sqrt(w)
 
     # fixed effects
-    mm = _model_matrix(pf.fixed, df, "fixed-effects matrix")
+    mm, xnames = _model_matrix(pf.fixed, df, "fixed-effects matrix")
     Xfull = np.asarray(mm.to_numpy(dtype=float))
-    xnames = _rename_intercept(list(mm.columns))
     if Xfull.shape[1] == 0:
         raise FormulaError("The fixed part has no columns; write '1' for an intercept-only model.")
     _check_finite(Xfull, xnames, "fixed-effects", row_labels)
@@ -481,8 +556,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     # random effects, one block per correlated term (per column for "||")
     blocks, Zparts, re_specs = [], [], []
     for r in terms:
-        zm = _model_matrix(r.expr, df, f"random term {r.text}")
-        cols = _rename_intercept(list(zm.columns))
+        zm, cols = _model_matrix(r.expr, df, f"random term {r.text}")
         Zr = np.asarray(zm.to_numpy(dtype=float))
         if Zr.shape[1] == 0:
             raise FormulaError(
@@ -555,7 +629,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
                 warnings.warn(
                     f"The visit levels of column {visit!r} are ordered as text ({', '.join(map(str, levels[:6]))}"
                     f"{', ...' if T > 6 else ''}), which sets the AR(1) lags in {pf.cov.text}; if that is not the "
-                    f"time order, make {visit!r} an ordered pd.Categorical or a number.",
+                    f"time order, make {visit!r} a pd.Categorical with its categories in time order, or a number.",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -582,10 +656,14 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     M = np.zeros((S_pad, T))
     XX = np.zeros((S_pad, T, p))
     ZZ = np.zeros((S_pad, T, q))
-    Y[s_code, t_code] = yv
+    # observation weights (SAS WEIGHT): Var(e) = W^-1/2 R W^-1/2.  Rows of y, X and Z are scaled
+    # by sqrt(w), so the payload's residual covariance is R and V* = W^1/2 V W^1/2; the deviance
+    # of the data is that of the scaled rows minus sum(log w) (DesignInfo.deviance_offset)
+    sw = np.ones(n) if sqrt_w is None else sqrt_w
+    Y[s_code, t_code] = yv * sw
     M[s_code, t_code] = 1.0
-    XX[s_code, t_code] = X
-    ZZ[s_code, t_code] = Z
+    XX[s_code, t_code] = X * sw[:, None]
+    ZZ[s_code, t_code] = Z * sw[:, None]
 
     # level 2: the plan (elimination order, chain and tail) and its index arrays
     plan, Z2, idx = None, None, None
@@ -608,7 +686,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             )
         cols2 = np.concatenate([block_cols[j] for f in plan.factors for j in f.blocks])
         Z2 = np.zeros((S_pad, T, len(cols2)))
-        Z2[s_code, t_code] = Zall[:, cols2]
+        Z2[s_code, t_code] = Zall[:, cols2] * sw[:, None]
 
     D = None
     if per_subject:
@@ -711,6 +789,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         T=T,
         structure=structure,
         per_subject_cov=per_subject,
+        weights=weights,
+        row_sqrt_w=sqrt_w,
     )
     data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx, D=D)
     return data_arrays, spec, info

@@ -16,7 +16,7 @@ from .batch import fit_batch_padded, responses_to_padded
 from .checks import (as_frame, check_bool, check_choice, check_count, check_keywords, check_number, check_seed,
                      check_vector)
 from .design import ENGINES, build_design, check_columns
-from .errors import ConvergenceWarning, DataError
+from .errors import ArgumentError, ConvergenceWarning, DataError
 from .fitting import centred, fit_arrays, make_payload
 from .optimize import BOUNDARY, STATUS
 from .results import LMMResult
@@ -35,6 +35,11 @@ class Model:
     data : pandas.DataFrame
         One row per observation.  The response may be absent when the model is only used to
         simulate.
+    weights : str, optional
+        A column of positive observation weights (SAS ``WEIGHT``, mmrm ``weights =``): the
+        residual variance of a row is divided by its weight (``R_i -> W^-1/2 R_i W^-1/2``).  The
+        model's arrays hold rows scaled by ``sqrt(w)``; fitted values, residuals, simulations and
+        the deviance are reported in the data's units.
     engine : "auto", "general" or "subjects"
         How a model with one grouping factor is computed: ``"general"`` by the nested and crossed
         engine (penalised least squares over the factor's levels, a ``k x k`` system per level),
@@ -52,13 +57,17 @@ class Model:
     True
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame, engine: str = "auto"):
+    def __init__(self, formula: str, data: pd.DataFrame, engine: str = "auto", weights: str | None = None):
         data = as_frame(data, "data")
         engine = check_choice(engine, "engine", ENGINES)
+        if weights is not None and not isinstance(weights, str):
+            raise ArgumentError(f"weights must be the name of a column of the data, not {type(weights).__name__}.")
         self.formula = formula
         self.data = data
         self.engine = engine
-        self.arrays, self.spec, self.info = build_design(formula, data, require_response=False, engine=engine)
+        self.weights = weights
+        self.arrays, self.spec, self.info = build_design(formula, data, require_response=False, engine=engine,
+                                                         weights=weights)
         self.has_response = self.info.formula.response in data.columns
 
     def fit(self, reml: bool = True, *, ddf: str = "satterthwaite", start=None, max_iter: int = 200,
@@ -221,6 +230,9 @@ def fit(formula: str, data: pd.DataFrame, reml: bool = True, **kwargs):
     data : pandas.DataFrame
     reml : bool
         REML (default) or maximum likelihood.
+    weights : str, optional
+        A column of positive observation weights (SAS ``WEIGHT``, mmrm ``weights =``, nlme
+        ``weights = varFixed(~ 1 / w)``): the residual variance of a row is divided by its weight.
 
     Returns
     -------
@@ -238,6 +250,7 @@ def fit(formula: str, data: pd.DataFrame, reml: bool = True, **kwargs):
     >>> res.n_groups
     150
     """
-    check_keywords(kwargs, "fit", ("engine", "ddf", "start", "max_iter", "tol", "warn"))
+    check_keywords(kwargs, "fit", ("engine", "weights", "ddf", "start", "max_iter", "tol", "warn"))
     engine = kwargs.pop("engine", "auto")
-    return Model(formula, data, engine=engine).fit(reml=reml, **kwargs)
+    weights = kwargs.pop("weights", None)
+    return Model(formula, data, engine=engine, weights=weights).fit(reml=reml, **kwargs)

@@ -290,7 +290,7 @@ class Design:
                 self.subject: np.repeat(ids, T),
                 self.arm: pd.Categorical(np.repeat(np.asarray(self.arms)[rows_a], T), categories=list(self.arms)),
                 self.visit: pd.Categorical(np.tile(np.asarray(self.visits, dtype=object), A * n),
-                                           categories=list(self.visits), ordered=True),
+                                           categories=list(self.visits), ordered=False),
                 self.time: np.tile(np.asarray(self.times), A * n),
             }
         )

@@ -57,7 +57,9 @@ class LMMResult:
 
     @property
     def deviance(self) -> float:
-        return self.record.deviance
+        """-2 log L (ML) or -2 restricted log L (REML) of the data (with observation weights: of
+        the weighted model, ``-sum(log w)`` added to the scaled arrays' deviance)."""
+        return self.record.deviance + self.info.deviance_offset()
 
     @property
     def status(self) -> int:
@@ -293,7 +295,7 @@ class LMMResult:
         M = np.linalg.lstsq(Xe, Xt, rcond=None)[0]
         rows = []
         for (term, _), (_, idx_e) in zip(mm_t.model_spec.term_indices.items(), mm_e.model_spec.term_indices.items()):
-            name = str(term)
+            name = re.sub(r"C\(([A-Za-z_][\w.]*), Poly\)", r"\1", str(term))  # an ordered factor: its name
             if name == "1":
                 continue
             L = M[list(idx_e)]
@@ -743,7 +745,7 @@ class LMMResult:
         f = np.asarray(a.X)[s, t] @ self.record.beta
         if conditional and self.model.spec.blocks:
             f = f + self._random_part()
-        return f
+        return self.info.unscale(f)  # observation weights scale the arrays' rows
 
     def fitted(self, conditional: bool = True) -> pd.Series:
         """Fitted values, indexed like the input data (NaN for rows the fit did not use, e.g. a
@@ -762,13 +764,15 @@ class LMMResult:
         if kind not in ("response", "pearson", "normalized"):
             raise LMMError(f"kind must be 'response', 'pearson' or 'normalized', not {kind!r}.")
         a, s, t = self._rows()
-        r = np.asarray(a.y)[s, t] - self._fitted_used(conditional=True)
+        r = self.info.unscale(np.asarray(a.y)[s, t]) - self._fitted_used(conditional=True)
         if kind == "response":
             out = r
-        elif kind == "pearson":
+        else:  # with observation weights the residual variance of a row is R_tt / w
+            r = r if self.info.row_sqrt_w is None else r * self.info.row_sqrt_w
+        if kind == "pearson":
             R = self._residual_matrices()
             out = r / np.sqrt(np.diagonal(R, axis1=-2, axis2=-1)[..., t] if R.ndim == 2 else R[s, t, t])
-        else:
+        elif kind == "normalized":
             R = self._residual_matrices()
             T = self.info.T
             rr = np.zeros((self.info.S_pad, T))
@@ -844,7 +848,8 @@ class LMMResult:
         if len(y) != len(df):
             raise ValueError(f"y must have {len(df)} values (one per data row), got {len(y)}")
         df[self.info.formula.response] = y
-        return type(self.model)(self.model.formula, df, engine=self.model.engine).fit(reml=self.reml)
+        return type(self.model)(self.model.formula, df, engine=self.model.engine,
+                                weights=self.model.weights).fit(reml=self.reml)
 
     def bootstrap(self, n: int = 1000, seed: int = 0, **kwargs):
         """Parametric bootstrap: ``n`` datasets simulated from this fit, each refitted in

@@ -65,7 +65,7 @@ def padded_to_rows(info, y, m) -> np.ndarray:
     y, m = np.asarray(y), np.asarray(m)
     B = y.shape[0]
     out = np.full((B, info.n_rows_input), np.nan)
-    vals = y[:, info.row_s, info.row_t]
+    vals = info.unscale(y[:, info.row_s, info.row_t])  # observation weights: back to the data's units
     obs = m[info.row_s, info.row_t] > 0 if m.ndim == 2 else m[:, info.row_s, info.row_t] > 0
     out[:, info.row_index] = np.where(obs, vals, np.nan)
     return out

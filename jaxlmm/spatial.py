@@ -60,6 +60,9 @@ class _Spatial(Correlated):
         when each subject has its own coordinates)."""
         return jnp.exp(2 * theta[0]) * self.corr_at(self.to_c(theta[1:]), D)
 
+    def natural_matrix_at(self, v, D):
+        return v[0] ** 2 * self.corr_at(v[1:], D)
+
     def sas_matrix_at(self, phi, D):
         return phi[1] * self.corr_at(self.c_from_sas(phi[:1]), D)
 

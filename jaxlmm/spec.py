@@ -279,9 +279,10 @@ class NaturalSpec:
         return _block_diag([bl[j] for j in self.level1], [bl[j].natural_matrix(phi[sl[j]]) for j in self.level1],
                            phi.dtype)
 
-    def R(self, phi):
+    def R(self, phi, D=None):
         _, sr = self.base.param_slices()
-        return self.base.resid.natural_matrix(phi[sr])
+        r = self.base.resid
+        return r.natural_matrix(phi[sr]) if D is None else r.natural_matrix_at(phi[sr], D)
 
     def level1_inverse(self, phi, m):
         """None: the closed forms take unconstrained parameters (profiles factor ``V``)."""
@@ -324,7 +325,7 @@ def covariance_blocks(G, R, m, Z, same=None, level2=()):
 def marginal_cov(theta, m, Z, spec, D=None):
     """Level-1 ``V*_i`` [..., T, T] of the subjects (or patterns) with masks ``m`` and rows ``Z``
     (and the distances ``D`` of each subject's observations for a per-subject spatial structure)."""
-    return covariance_blocks(spec.G(theta), spec.R(theta, D), m, Z)
+    return covariance_blocks(spec.G(theta), spec.R(theta) if D is None else spec.R(theta, D), m, Z)
 
 
 def cluster_covariance(G1, R, G2, cl):

@@ -65,7 +65,7 @@ def visit_positions(series: pd.Series, structure: str, visit: str, term: str, s_
         if len(kinds) > 1:
             raise DataError(
                 f"The visit column {visit!r} of {term} mixes numbers and strings; make it one type, e.g. "
-                f"df[{visit!r}] = df[{visit!r}].astype(str), or an ordered pd.Categorical."
+                f"df[{visit!r}] = df[{visit!r}].astype(str), or a pd.Categorical."
             )
     if categorical:
         cats = list(ser.cat.categories)

@@ -12,6 +12,7 @@ from jaxlmm.cli import main
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     df = lmm.simulate_longitudinal(n_subjects=30, n_visits=4, cov="ar1", seed=1)
+    df["w"] = 1.0 + (df.index % 3)
     df.to_csv(d / "d.csv", index=False)
     df.to_parquet(d / "d.parquet")
     (d / "bad.csv").write_text('a,b\n1,"2\n')
@@ -31,6 +32,16 @@ def test_fit_parquet_and_csv_agree_with_profile_intervals(files, capsys):
     assert b["ddf"] == "kenward-roger" and a["ddf"] == "satterthwaite"
     rows = {r["parameter"]: r for r in a["conf_int"]["intervals"]}
     assert rows["rho"]["lower"] < a["theta"]["rho"] < rows["rho"]["upper"]
+
+
+def test_fit_weights(files, capsys):
+    """--weights is lmm.fit(..., weights=)."""
+    import pandas as pd
+
+    assert main(["fit", str(files / "d.csv"), "y ~ time + ar1(visit | subject)", "--json", "--weights", "w"]) == 0
+    out = _json(capsys)
+    res = lmm.fit("y ~ time + ar1(visit | subject)", pd.read_csv(files / "d.csv"), weights="w")
+    assert out["deviance"] == pytest.approx(res.deviance, rel=1e-12)
 
 
 def test_compare_ranks_structures(files, capsys):

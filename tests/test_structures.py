@@ -198,3 +198,38 @@ def test_arma_and_spatial_special_cases():
     assert getattr(st, "inverse", None) is None  # two coordinates: not Markov
     C = np.asarray(st.matrix(jnp.asarray([0.0, np.log(2.0)])))
     assert abs(C[0, 1] - np.exp(-5.0 / 2.0)) < 1e-14 and abs(C[0, 2] - np.exp(-np.sqrt(2.0) / 2.0)) < 1e-14
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradient_matches_finite_differences(name):
+    """d/dtheta of a generic scalar of the matrix (and of the log-determinant) against central
+    finite differences, at a random point."""
+    T = 5
+    st = make_structure(name, T)
+    rng = np.random.default_rng(11)
+    th = rng.normal(scale=0.6, size=st.n_params)
+    W = jnp.asarray(rng.normal(size=(T, T)))
+
+    def f(t):
+        M = st.matrix(t)
+        return jnp.sum(W * M) + jnp.linalg.slogdet(M)[1]
+
+    g = np.asarray(jax.grad(f)(jnp.asarray(th)))
+    h = 1e-6
+    fd = np.array([(float(f(jnp.asarray(th + h * e))) - float(f(jnp.asarray(th - h * e)))) / (2 * h)
+                   for e in np.eye(len(th))])
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_sas_parameters_round_trip(name):
+    """SAS's parameters (Kenward-Roger's and ``res.covparms``'): one name each, and the matrix
+    from them is the matrix."""
+    T = 5
+    st = make_structure(name, T)
+    rng = np.random.default_rng(12)
+    for _ in range(5):
+        th = jnp.asarray(rng.normal(scale=0.6, size=st.n_params))
+        phi = st.sas_params(th)
+        assert len(st.sas_names()) == len(phi) == st.n_params
+        np.testing.assert_allclose(st.sas_matrix(phi), st.matrix(th), rtol=1e-10, atol=1e-12)

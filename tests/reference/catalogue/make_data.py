@@ -6,7 +6,9 @@
   exponential correlation ``exp(-d / 2.5)``, SD 2, plus a random intercept of SD 1
   (continuous time, no visit grid);
 * ``space``: 60 fields of 6 plots at integer positions (px, py) in a 10 x 10 grid, exponential
-  correlation in the Euclidean distance, range 3, SD 1.5.
+  correlation in the Euclidean distance, range 3, SD 1.5;
+* ``ordered``: 40 subjects x 5 doses of an ordered factor (polynomial contrasts in R), random
+  intercept.
 
 Run from the repository root: ``python tests/reference/catalogue/make_data.py``.
 """
@@ -36,6 +38,8 @@ def arma_corr(T, phi, theta):
 def arma():
     df = simulate_longitudinal(120, 6, seed=201, cov="un", corr=arma_corr(6, 0.7, 0.4), sd=np.full(6, 1.5),
                                missing="intermittent", missing_rate=0.15)
+    # observation weights in (0.5, 3) for the weighted fits (the response is not re-simulated)
+    df["w"] = np.round(np.random.default_rng(205).uniform(0.5, 3.0, len(df)), 3)
     return df
 
 
@@ -72,7 +76,22 @@ def space():
     return pd.DataFrame(rows)
 
 
+def ordered():
+    """40 subjects x 5 ordered doses (random intercept SD 1, residual SD 0.8), a curved dose
+    response and an arm effect."""
+    rng = np.random.default_rng(204)
+    rows = []
+    for s in range(40):
+        arm = "B" if s % 2 else "A"
+        b = rng.normal()
+        for k in range(5):
+            mu = 3 + 0.8 * k - 0.15 * k * k + (0.5 if arm == "B" else 0.0) + (0.1 * k if arm == "B" else 0.0)
+            rows.append({"subject": f"S{s + 1:02d}", "arm": arm, "dose": f"d{k + 1}",
+                         "y": round(float(mu + b + 0.8 * rng.normal()), 6)})
+    return pd.DataFrame(rows)
+
+
 if __name__ == "__main__":
     os.makedirs(DATA, exist_ok=True)
-    for name, make in (("arma", arma), ("ctime", ctime), ("space", space)):
+    for name, make in (("arma", arma), ("ctime", ctime), ("space", space), ("ordered", ordered)):
         make().to_csv(os.path.join(DATA, f"{name}.csv"), index=False)

@@ -1,5 +1,6 @@
 # Reference fits from nlme for the covariance catalogue (ARMA(1,1), continuous-time and spatial
-# correlation, with and without a random intercept).
+# correlation, with and without a random intercept), and from lme4 for an ordered factor
+# (polynomial contrasts, R's default).
 #
 # Run from the repository root (after `python tests/reference/catalogue/make_data.py`):
 #
@@ -47,13 +48,14 @@ add <- function(name, dataset, jformula, fit, d, groups, reml, Vlist) {
   X <- model.matrix(formula(fit), d)
   dn <- dense(d, X, groups, Vlist, reml)
   cs <- fit$modelStruct$corStruct
+  corr <- if (is.null(cs)) list() else named(coef(cs, unconstrained = FALSE))
   out <- list(
     dataset = paste0(dataset, ".csv"), jaxlmm_formula = jformula, reml = reml,
     r_call = paste(deparse(fit$call), collapse = " "),
     deviance_reported = -2 * as.numeric(logLik(fit)), deviance_dense = dn$deviance,
     fixef = named(fixef_or_coef(fit)), se = named(sqrt(diag(vcov(fit)))),
     se_dense = named(setNames(dn$se, colnames(X))),
-    sigma = fit$sigma, corr = named(coef(cs, unconstrained = FALSE)),
+    sigma = fit$sigma, corr = corr,
     n_obs = nrow(d)
   )
   if (inherits(fit, "lme")) out$re_sd <- as.numeric(sqrt(getVarCov(fit)[1, 1]))
@@ -84,6 +86,26 @@ for (reml in c(TRUE, FALSE)) {
   add(paste0("arma_", tag), "arma", "y ~ time * arm + x + arma11(time | subject)", fit, d, d$subject, reml,
       gls_V(fit, d, d$subject))
 
+  # observation weights: the residual variance of a row divided by its weight w
+  d$invw <- 1 / d$w
+  fit <- gls(y ~ time * arm + x, d, correlation = corAR1(form = ~ time | subject), weights = varFixed(~ invw),
+             method = meth, control = ctl)
+  C <- corMatrix(fit$modelStruct$corStruct)
+  idx <- split(seq_len(nrow(d)), d$subject)
+  V <- lapply(names(idx), function(s) {
+    sw <- sqrt(d$invw[idx[[s]]]); fit$sigma^2 * C[[s]] * outer(sw, sw)
+  })
+  names(V) <- names(idx)
+  add(paste0("weights_ar1_", tag), "arma", "y ~ time * arm + x + ar1(time | subject)", fit, d, d$subject, reml, V)
+  cases[[paste0("weights_ar1_", tag)]]$weights <- "w"
+  fits <- lapply(c("nlminb", "optim"), function(o)
+    lme(y ~ time * arm + x, d, random = ~ 1 | subject, weights = varFixed(~ invw), method = meth, control = lctl(o)))
+  fit <- fits[[which.min(sapply(fits, function(f) -2 * as.numeric(logLik(f))))]]
+  V <- lapply(levels(d$subject), function(s) getVarCov(fit, individuals = s, type = "marginal")[[1]])
+  names(V) <- levels(d$subject)
+  add(paste0("weights_re_", tag), "arma", "y ~ time * arm + x + (1 | subject)", fit, d, d$subject, reml, V)
+  cases[[paste0("weights_re_", tag)]]$weights <- "w"
+
   d <- read_ds("ctime"); d <- d[order(d$subject, d$time), ]
   for (kind in c("exp", "gau", "car1")) {
     cor <- switch(kind, exp = corExp(form = ~ time | subject), gau = corGaus(form = ~ time | subject),
@@ -108,8 +130,26 @@ for (reml in c(TRUE, FALSE)) {
       gls_V(fit, d, d$field))
 }
 
+# ordered factor: R's default contrasts (contr.poly) with lme4
+suppressPackageStartupMessages(library(lme4))
+d <- read_ds("ordered")
+d$dose <- factor(d$dose, levels = paste0("d", 1:5), ordered = TRUE)
+for (reml in c(TRUE, FALSE)) {
+  fit <- lmer(y ~ dose * arm + (1 | subject), d, REML = reml)
+  cases[[paste0("ordered_", if (reml) "reml" else "ml")]] <- list(
+    dataset = "ordered.csv", jaxlmm_formula = "y ~ dose * arm + (1 | subject)", reml = reml,
+    ordered = list(dose = paste0("d", 1:5)),
+    r_call = paste(deparse(getCall(fit)), collapse = " "),
+    deviance_reported = if (reml) as.numeric(REMLcrit(fit)) else as.numeric(deviance(fit)),
+    fixef = named(fixef(fit)), se = named(sqrt(diag(as.matrix(vcov(fit))))),
+    sigma = sigma(fit), re_sd = as.numeric(attr(VarCorr(fit)$subject, "stddev")), n_obs = nrow(d),
+    contrasts = lapply(seq_len(5), function(i) I(unname(contr.poly(5)[i, ])))
+  )
+}
+
 out <- list(
   `_versions` = list(R = R.version.string, nlme = as.character(packageVersion("nlme")),
+                     lme4 = as.character(packageVersion("lme4")),
                      generated = as.character(Sys.Date())),
   cases = cases
 )
