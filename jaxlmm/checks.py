@@ -97,8 +97,6 @@ R_KEYWORDS = {
     "REML": "reml=True / reml=False",
     "method": "reml=True (REML) or reml=False (ML)",
     "correlation": "a covariance term in the formula, e.g. 'y ~ x + ar1(visit | subject)'",
-    "weights": "a covariance term in the formula (per-visit variances: 'diag(visit | subject)', 'csh', 'arh1', "
-               "'un'); observation weights are not supported yet",
     "random": "random terms in the formula, e.g. 'y ~ x + (1 + time | subject)'",
     "subset": "filter the DataFrame before fitting, e.g. data[data.arm != 'C']",
     "na_action": "nothing: rows with a missing response or covariate are dropped (and reported)",

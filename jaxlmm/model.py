@@ -61,7 +61,10 @@ class Model:
         data = as_frame(data, "data")
         engine = check_choice(engine, "engine", ENGINES)
         if weights is not None and not isinstance(weights, str):
-            raise ArgumentError(f"weights must be the name of a column of the data, not {type(weights).__name__}.")
+            raise ArgumentError(
+                f"weights must be the name of a column of observation weights (SAS WEIGHT), not "
+                f"{type(weights).__name__}; per-visit variances (nlme varIdent) are a covariance term in the formula: "
+                "'diag(visit | subject)', 'csh', 'arh1', 'un'.")
         self.formula = formula
         self.data = data
         self.engine = engine

@@ -131,11 +131,16 @@ def test_compare_refuses_fits_to_different_data(d, fit):
         lmm.lrt(fit, other)
 
 
-@pytest.mark.parametrize("kw,hint", [("weights", "covariance term"), ("correlation", "ar1\\(visit"),
-                                     ("method", "reml=True"), ("REML", "reml=True")])
+@pytest.mark.parametrize("kw,hint", [("correlation", "ar1\\(visit"), ("method", "reml=True"), ("REML", "reml=True")])
 def test_r_style_keywords_point_to_the_jaxlmm_way(d, kw, hint):
     with pytest.raises(ArgumentError, match=rf"unexpected keyword argument '{kw}'.*In jaxlmm use .*{hint}"):
         lmm.fit("y ~ time + (1 | subject)", d, **{kw: "x"})
+
+
+def test_weights_not_a_column_name_points_to_covariance_terms(d):
+    """nlme's weights = varIdent(...) is a covariance term here; weights= takes a column name."""
+    with pytest.raises(ArgumentError, match=r"observation weights.*covariance term.*diag\(visit \| subject\)"):
+        lmm.fit("y ~ time + (1 | subject)", d, weights=object())
 
 
 def test_predict_refuses_an_unseen_level_of_a_fixed_factor(fit, d):
