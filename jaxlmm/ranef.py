@@ -27,7 +27,7 @@ import numpy as np
 from .likelihood import blups
 from .spec import marginal_cov
 
-__all__ = ["RandomEffects", "random_effects"]
+__all__ = ["RandomEffects", "random_effects", "level2_system"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RandomEffects:
     cv2: list
 
 
-def _level2_system(theta, beta, data, spec):
+def level2_system(theta, beta, data, spec):
     """Sparse whitened level-2 design and residuals."""
     from scipy import sparse
 
@@ -90,7 +90,7 @@ def random_effects(theta, beta, data, spec, cond_var: bool = True) -> RandomEffe
         return RandomEffects(np.asarray(b), np.asarray(cv), [], [])
     from scipy.sparse.linalg import splu
 
-    L, rw, Z2w, ZL, Lam, M, offs = _level2_system(theta, beta, data, spec)
+    L, rw, Z2w, ZL, Lam, M, offs = level2_system(theta, beta, data, spec)
     lu = splu(M)
     u = lu.solve(np.asarray(ZL.T @ rw.reshape(-1)))
     b2_all = Lam @ u

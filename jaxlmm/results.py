@@ -16,7 +16,7 @@ import pandas as pd
 from .distributions import norm_ppf, t_ppf, t_sf
 from .checks import as_frame, check_choice, check_count, check_keywords, check_seed
 from .design import check_columns, new_design_rows
-from .errors import LMMError
+from .errors import ArgumentError, LMMError
 from .visits import levels_of
 from .fitting import natural_values
 from .optimize import BOUNDARY, CONVERGED, STATUS
@@ -784,19 +784,37 @@ class LMMResult:
             out = z[s, t]
         return self._input_rows(out, f"{kind}_residual")
 
-    def predict(self, newdata: pd.DataFrame | None = None, conditional: bool = True) -> pd.Series:
+    def predict(self, newdata: pd.DataFrame | None = None, conditional: bool | str = True,
+                interval: str | None = None, level: float = 0.95):
         """Predictions ``X beta`` (+ ``Z b`` of every grouping factor when ``conditional``),
         indexed like ``newdata`` (without it: :meth:`fitted`).
         A level that was not in the fit (a new subject, school, item) gets the population
         prediction for that factor only: its random effects count as 0, those of the other
         factors still apply; a row whose grouping columns are missing counts as a new level.
-        A level of a fixed-effect factor that the fit never saw is refused."""
-        if newdata is None:
-            return self.fitted(conditional=conditional)
-        newdata = as_frame(newdata, "newdata")
-        return pd.Series(self._predict_rows(newdata, conditional), index=newdata.index, name="predicted")
+        A level of a fixed-effect factor that the fit never saw is refused.
 
-    def _predict_rows(self, newdata, conditional):
+        ``conditional="observed"`` also conditions on the subject's observed outcomes through
+        the residual correlation (mmrm's ``conditional = TRUE``): a visit the subject missed is
+        predicted from its other visits, an observed one gives back its value.
+        ``interval="confidence"`` or ``"prediction"`` returns a DataFrame with ``fit``, ``se``,
+        ``lower``, ``upper`` at ``level`` (normal quantiles, covariance parameters at their
+        estimates; formulas in :mod:`jaxlmm.prediction`)."""
+        from .prediction import prediction_frame
+
+        if conditional not in (True, False, "observed"):
+            raise ArgumentError(f"conditional must be True, False or 'observed', not {conditional!r}.")
+        if newdata is None and interval is None and conditional != "observed":
+            return self.fitted(conditional=conditional)
+        newdata = self.model.data if newdata is None else as_frame(newdata, "newdata")
+        if interval is None and conditional != "observed":
+            return pd.Series(self._predict_rows(newdata, conditional), index=newdata.index, name="predicted")
+        self._check_prediction_columns(newdata)
+        Xn, Zn = new_design_rows(self.info, newdata)
+        out = prediction_frame(self.model, self.record, newdata, Xn, Zn, conditional,
+                               "confidence" if interval is None else interval, level)
+        return out["fit"].rename("predicted") if interval is None else out
+
+    def _check_prediction_columns(self, newdata):
         import formulaic
 
         pf = self.info.formula
@@ -804,6 +822,9 @@ class LMMResult:
         for r in self.info.random_terms:
             need |= {str(v) for v in formulaic.Formula(r.expr).required_variables}
         check_columns(sorted(need), newdata, "needed for prediction")
+
+    def _predict_rows(self, newdata, conditional):
+        self._check_prediction_columns(newdata)
         Xn, Zn = new_design_rows(self.info, newdata)
         pred = Xn @ self.record.beta
         if not (conditional and self.model.spec.blocks):
