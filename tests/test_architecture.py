@@ -18,7 +18,7 @@ LAYERS = {
     "linalg": 3, "pls": 3, "patterns": 3, "likelihood": 3, "simulate": 3,
     "optimize": 4, "distributed": 4,
     "fitting": 5, "batch": 5,
-    "inference": 6, "profile": 6, "bootstrap": 6, "compare": 6, "differentiate": 6, "ranef": 6,
+    "inference": 6, "profile": 6, "bootstrap": 6, "compare": 6, "differentiate": 6, "ranef": 6, "prediction": 6,
     "results": 7,
     "model": 8,
     "selection": 9, "power": 9,
