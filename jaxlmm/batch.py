@@ -508,10 +508,10 @@ def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) 
         out[: a.shape[0]] = a
         return out
 
-    arrays = [arr._replace(**{f: pad(np.asarray(getattr(arr, f))) for f in ("y", "m", "X", "Z")})
-              for arr, _, _ in built]
-    stacked = arrays[0]._replace(**{f: jnp.asarray(np.stack([getattr(a, f) for a in arrays]))
-                                    for f in ("y", "m", "X", "Z")})
+    # per-subject residual data (spatial distances, residual-group keys) stacks with the rest
+    fields = ("y", "m", "X", "Z") + (("D",) if built[0][0].D is not None else ())
+    arrays = [arr._replace(**{f: pad(np.asarray(getattr(arr, f))) for f in fields}) for arr, _, _ in built]
+    stacked = arrays[0]._replace(**{f: jnp.asarray(np.stack([getattr(a, f) for a in arrays])) for f in fields})
     th0 = jnp.asarray(np.stack([start_values(a, spec0) for a in arrays]))
     x, f, it, st, beta, se = jax.device_get(
         _many_compiled(th0, stacked, spec0, jnp.asarray(bool(reml)), int(max_iter), 1e-11)
@@ -523,7 +523,7 @@ def fit_many(formula: str, datasets, reml: bool = True, *, max_iter: int = 200) 
         se=np.asarray(se),
         theta=nat,
         theta_unconstrained=x,
-        deviance=np.asarray(f),
+        deviance=np.asarray(f) + np.array([info.deviance_offset() for _, _, info in built]),
         status=np.asarray(st).astype(np.int32),
         n_iter=np.asarray(it).astype(np.int32),
         fixef_names=list(info0.fixed_names),

@@ -34,7 +34,8 @@ def _mixture(small, big):
     grouping factor's block (a = k - 1, b = k)."""
     ss, sb = small.model.spec, big.model.spec
     # the same residual structure (sigma^2 I is the same whatever the layout of the rows)
-    if ss.resid.name != sb.resid.name or (ss.resid.name != "id" and ss.resid.T != sb.resid.T):
+    if ss.resid.name != sb.resid.name or (ss.resid.name != "id" and ss.resid.T != sb.resid.T) or \
+            _resid_group(ss) != _resid_group(sb):
         return None
     blocks_s = [(set(b.columns), b.group) for b in ss.blocks]
     blocks_b = [(set(b.columns), b.group, b.correlated) for b in sb.blocks]
@@ -63,13 +64,20 @@ RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un
     ("sp_exp", "sp_pow"), ("sp_pow", "sp_exp"), ("sp_exp", "un"), ("sp_gau", "un"), ("sp_pow", "un")}
 
 
+def _resid_group(spec):
+    """The column of a covariance per group (``un(visit | arm / subject)``), or None."""
+    return getattr(spec.resid, "group", None)
+
+
 def nested(small, big):
     """True when ``small`` is a special case of ``big``, False when it is known not to be (the
     same random part and residual structures that do not nest, e.g. CSH and AR(1)), None when
-    it cannot be told from the model terms."""
+    it cannot be told from the model terms.  A shared structure is nested in the same one per
+    group (equal parameters in every group), not the other way round."""
     ss, sb = small.model.spec, big.model.spec
     rs, rb = ss.resid.name, sb.resid.name
-    resid_ok = rs == rb or (rs, rb) in RESID_NESTED
+    gs, gb = _resid_group(ss), _resid_group(sb)
+    resid_ok = (rs == rb or (rs, rb) in RESID_NESTED) and (gs is None or gs == gb)
     cols_s = [frozenset(b.columns) | {b.group} for b in ss.blocks]
     cols_b = [frozenset(b.columns) | {b.group} for b in sb.blocks]
     if sorted(map(sorted, cols_s)) == sorted(map(sorted, cols_b)) and not resid_ok:

@@ -21,6 +21,7 @@ import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
 from .covariance import SPATIAL, RandomBlock, make_structure
+from .pergroup import PerGroup, group_keys
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, parse_formula
 from .spec import ModelData, ModelSpec
@@ -76,6 +77,9 @@ class DesignInfo:
     T: int
     structure: str
     per_subject_cov: bool = False  # a spatial structure from each subject's own coordinates
+    resid_group: str | None = None  # ``un(visit | arm / subject)``: the column of the residual groups
+    resid_group_levels: tuple = ()  # its levels (labels), in code order
+    subject_group: np.ndarray | None = None  # the residual group code of each subject [S]
     weights: str | None = None  # the observation-weights column (SAS WEIGHT)
     row_sqrt_w: np.ndarray | None = None  # sqrt(weight) of each used row; the arrays' rows are scaled by it
     extra: dict = field(default_factory=dict)
@@ -481,6 +485,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         for c in pf.cov.columns:
             used.setdefault(c, f"visit of {pf.cov.text}")
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
+        if pf.cov.group is not None:
+            used.setdefault(pf.cov.group, f"group of {pf.cov.text}")
     if weights is not None:
         used.setdefault(weights, "weights")
     for name, what in used.items():
@@ -689,6 +695,17 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         Z2[s_code, t_code] = Zall[:, cols2] * sw[:, None]
 
     D = None
+    gcode, glevels = None, ()
+    if pf.cov is not None and pf.cov.group is not None:
+        if per_subject:
+            raise FormulaError(
+                f"A covariance per group ({pf.cov.text}) needs the coordinates of {pf.cov.visit} on a grid shared by "
+                "the subjects (few distinct points); with each subject's own coordinates, fit the groups separately "
+                "or drop the group.")
+        gcode, glevels = _subject_groups(df, pf.cov, s_code, S, subj_levels)
+        gs = np.zeros(S_pad, dtype=int)
+        gs[:S] = gcode
+        D = group_keys(gs, np.broadcast_to(np.arange(T), (S_pad, T)), T)
     if per_subject:
         Pc = np.zeros((S_pad, T, coords_row.shape[1]))
         Pc[s_code, t_code] = coords_row
@@ -700,6 +717,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     else:
         resid = make_structure(structure, T, [lv if isinstance(lv, tuple) else (lv,) for lv in levels] if spatial
                                else ())
+    if gcode is not None:
+        resid = PerGroup(resid, pf.cov.group, tuple(glevels))
     spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T, plan=plan)
 
     # identifiability
@@ -789,11 +808,39 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         T=T,
         structure=structure,
         per_subject_cov=per_subject,
+        resid_group=None if gcode is None else pf.cov.group,
+        resid_group_levels=tuple(glevels),
+        subject_group=gcode,
         weights=weights,
         row_sqrt_w=sqrt_w,
     )
     data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx, D=D)
     return data_arrays, spec, info
+
+
+def _subject_groups(df, cov, s_code, S, subj_levels):
+    """(group code of each subject [S], group labels) for ``un(visit | group / subject)``; the
+    group must be constant within a subject and have at least two levels."""
+    col = df[cov.group]
+    codes, uniq = pd.factorize(col, sort=True)
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        uniq = [c for c in col.cat.categories if c in set(col)]
+        codes = pd.Categorical(col, categories=uniq).codes
+    n_per = pd.Series(codes).groupby(s_code).nunique().to_numpy()
+    if (n_per > 1).any():
+        s = int(np.argmax(n_per > 1))
+        vals = sorted({py_scalar(uniq[c]) for c in codes[s_code == s]}, key=str)
+        raise DataError(
+            f"The group column {cov.group!r} of {cov.text} varies within subject {py_scalar(subj_levels[s])!r} "
+            f"(values {', '.join(map(repr, vals[:4]))}); a covariance per group needs one group per subject. Use a "
+            "column that is constant within each subject, or a variance function for a factor that varies.")
+    if len(uniq) < 2:
+        raise DataError(
+            f"The group column {cov.group!r} of {cov.text} has one level ({py_scalar(uniq[0])!r}) in the usable rows; "
+            f"drop the group (write {cov.structure}({cov.visit} | {cov.subject})) or check the column.")
+    g = np.zeros(S, dtype=int)
+    g[s_code] = codes
+    return g, [visit_label(v) for v in uniq]
 
 
 def new_design_rows(info: DesignInfo, newdata: pd.DataFrame):

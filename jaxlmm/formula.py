@@ -107,6 +107,7 @@ class CovTerm:
     subject: str
     text: str
     coords: tuple[str, ...] = ()
+    group: str | None = None  # ``un(visit | arm / subject)``: a covariance per level of ``arm``
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -294,6 +295,16 @@ def parse_formula(formula: str) -> ParsedFormula:
                 visit, subject = visit.strip(), subject.strip()
                 if not correlated:
                     raise _caret(text, pos, f"Covariance term {term!r} uses '||'; write {name}(visit | subject).")
+                group = None
+                sides = [v.strip() for v, _ in _split_top(subject, "/")]
+                if len(sides) == 2:  # mmrm's un(visit | group / subject): a covariance per group
+                    group, subject = _column(sides[0]), sides[1]
+                    if group is None or _column(subject) is None or group == _column(subject):
+                        raise _caret(text, pos, f"Covariance term {term!r} must be {name}(visit | group / subject) "
+                                                "with one group column and one subject column.")
+                elif len(sides) > 2:
+                    raise _caret(text, pos, f"Covariance term {term!r} has more than one '/'; write "
+                                            f"{name}(visit | group / subject) for a covariance per group.")
                 parts = [v.strip() for v, _ in _split_top(visit, ",")]
                 if COVARIANCE_NAMES[key] in SPATIAL_NAMES and len(parts) > 1:
                     coords = tuple(_column(v) for v in parts)
@@ -305,8 +316,8 @@ def parse_formula(formula: str) -> ParsedFormula:
                                                 "subject.")
                     if cov is not None:
                         raise _caret(text, pos, "Formula has more than one covariance term; keep one.")
-                    cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=", ".join(coords), subject=subject,
-                                  text=term, coords=coords)
+                    cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=", ".join(coords), subject=_column(subject),
+                                  text=term, coords=coords, group=group)
                     continue
                 if _column(visit) is None or _column(subject) is None:
                     raise _caret(
@@ -325,7 +336,10 @@ def parse_formula(formula: str) -> ParsedFormula:
                     )
                 if cov is not None:
                     raise _caret(text, pos, "Formula has more than one covariance term; keep one.")
-                cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=visit, subject=subject, text=term)
+                if group in (visit, subject) and group is not None:
+                    raise _caret(text, pos, f"Covariance term {term!r} uses {group!r} as the group and as the "
+                                            "visit or subject.")
+                cov = CovTerm(structure=COVARIANCE_NAMES[key], visit=visit, subject=subject, text=term, group=group)
                 continue
         if "|" in term:
             raise _caret(

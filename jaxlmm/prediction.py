@@ -34,8 +34,9 @@ import pandas as pd
 
 from .covariance import SPATIAL
 from .errors import ArgumentError, DataError
+from .pergroup import PerGroup
 from .spec import marginal_cov
-from .visits import py_scalar
+from .visits import py_scalar, visit_label
 
 __all__ = ["INTERVALS", "prediction_frame"]
 
@@ -135,6 +136,38 @@ class _NewRows:
                 )
             self.w = np.where(np.isfinite(w), w, np.nan)
         self.t, self.P = self._positions(model, newdata)
+        self.g = self._groups(model, newdata) if info.resid_group is not None else np.zeros(n, dtype=int)
+
+    def _groups(self, model, newdata):
+        """The residual group of each new row (``un(visit | group / subject)``): its subject's, or
+        the value of the group column for a new subject."""
+        info = model.info
+        col = info.resid_group
+        g = np.where(self.s >= 0, np.asarray(info.subject_group)[np.maximum(self.s, 0)], -1)
+        if col in newdata.columns:  # a fitted subject keeps its group
+            for i in np.nonzero(g >= 0)[0]:
+                v = newdata[col].iloc[i]
+                if not _missing(v) and visit_label(v) != info.resid_group_levels[g[i]]:
+                    raise DataError(
+                        f"newdata row {newdata.index[i]!r} gives group {py_scalar(v)!r} (column {col!r}) for subject "
+                        f"{py_scalar(newdata[info.subject].iloc[i])!r}, which the fit has in group "
+                        f"{info.resid_group_levels[g[i]]!r}; a subject has one group in {info.formula.cov.text}.")
+        if (g < 0).any():
+            if col not in newdata.columns:
+                raise DataError(
+                    f"newdata has rows of new subjects but no column {col!r}, the group of {info.formula.cov.text}; "
+                    "their residual covariance depends on the group.")
+            table = {lab: i for i, lab in enumerate(info.resid_group_levels)}
+            for i in np.nonzero(g < 0)[0]:
+                v = newdata[col].iloc[i]
+                if _missing(v):
+                    continue
+                g[i] = table.get(visit_label(v), -1)
+                if g[i] < 0:
+                    raise DataError(
+                        f"newdata row {newdata.index[i]!r} has group {py_scalar(v)!r} (column {col!r}), which is not a "
+                        f"group of the fitted {info.formula.cov.text} ({', '.join(info.resid_group_levels)}).")
+        return np.maximum(g, 0)
 
     @staticmethod
     def _positions(model, newdata):
@@ -199,11 +232,17 @@ def _residual_parts(model, record, rows: _NewRows, idx, observed: bool):
     S, T = model.arrays.m.shape
     N = len(idx)
     K = np.zeros((S, T, N)) if observed else None
+    grouped = isinstance(resid, PerGroup)
+    g = rows.g[idx]
     if info.formula.cov is not None and info.formula.cov.structure in SPATIAL:
+        base = resid.base if grouped else resid
+        k = base.n_params
+        th_g = [th[i * k : (i + 1) * k] for i in range(resid.G)] if grouped else [th]
         P_new = rows.P[idx]  # [N, d]
         per_subject = info.per_subject_cov
-        Ptrain = _train_points(model) if per_subject else np.asarray(resid.points)
-        Rjj = np.full(N, float(np.asarray(resid.matrix_at(th, jnp.zeros((1, 1))))[0, 0]))
+        Ptrain = _train_points(model) if per_subject else np.asarray(base.points)
+        var = [float(np.asarray(base.matrix_at(t_, jnp.zeros((1, 1))))[0, 0]) for t_ in th_g]
+        Rjj = np.asarray(var)[g]
         if observed:
             for a, j in enumerate(idx):
                 s = rows.s[j]
@@ -211,16 +250,16 @@ def _residual_parts(model, record, rows: _NewRows, idx, observed: bool):
                     continue
                 pts = np.vstack([Ptrain[s] if per_subject else Ptrain, P_new[a][None, :]])
                 Dm = np.sqrt(np.sum((pts[:, None, :] - pts[None, :, :]) ** 2, axis=-1))
-                Ra = np.asarray(resid.matrix_at(th, jnp.asarray(Dm)))
+                Ra = np.asarray(base.matrix_at(th_g[g[a]], jnp.asarray(Dm)))
                 K[s, :, a] = Ra[:T, T]
     else:
-        R = np.asarray(resid.matrix(th))
+        R = np.asarray(resid.group_matrices(th)) if grouped else np.asarray(resid.matrix(th))[None]
         t = rows.t[idx]
-        Rjj = R[t, t]
+        Rjj = R[g, t, t]
         if observed and info.formula.cov is not None:
             for a, j in enumerate(idx):
                 if rows.s[j] >= 0:
-                    K[rows.s[j], :, a] = R[:, t[a]]
+                    K[rows.s[j], :, a] = R[g[a], :, t[a]]
     w = rows.w[idx]
     if observed:
         K = K * np.asarray(model.arrays.m)[..., None] / np.sqrt(w)[None, None, :]

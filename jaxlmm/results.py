@@ -588,16 +588,23 @@ class LMMResult:
     @property
     def residual_covariance(self) -> pd.DataFrame:
         """The T x T residual covariance over the visit levels (or the distinct coordinate points of
-        a spatial structure).  A spatial structure on each subject's own coordinates has one per
-        subject: see :meth:`residual_covariance_of`."""
+        a spatial structure).  With a covariance per group (``un(visit | arm / subject)``) the
+        groups' matrices are stacked, rows indexed by (group, visit): ``.loc["A"]`` is group A's.
+        A spatial structure on each subject's own coordinates has one per subject: see
+        :meth:`residual_covariance_of`."""
         if self.info.per_subject_cov:
             raise LMMError(
                 f"The residual covariance of {self.info.formula.cov.text} depends on each subject's own coordinates "
                 "(there is no common visit grid); use res.residual_covariance_of(subject) for one subject's, and "
                 "res.theta / res.covparms for the parameters."
             )
-        R = np.asarray(self.model.spec.R(jnp.asarray(self.record.theta)))
         lab = self.info.visit_labels if self.info.visit is not None else [f"pos{i + 1}" for i in range(self.info.T)]
+        if self.info.resid_group is not None:  # one per group: rows (group, visit)
+            Rg = np.asarray(self.model.spec.resid.group_matrices(jnp.asarray(self.record.theta)[self.model.spec.param_slices()[1]]))
+            index = pd.MultiIndex.from_product([list(self.info.resid_group_levels), lab],
+                                               names=[self.info.resid_group, self.info.visit])
+            return pd.DataFrame(Rg.reshape(-1, len(lab)), index=index, columns=lab)
+        R = np.asarray(self.model.spec.R(jnp.asarray(self.record.theta)))
         return pd.DataFrame(R, index=lab, columns=lab)
 
     def _residual_matrices(self) -> np.ndarray:

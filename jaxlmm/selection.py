@@ -73,7 +73,9 @@ def select_covariance(formula: str, data, visit: str, subject: str,
     candidate (``sp_exp`` and the other spatial ones need a numeric ``visit``: a time).  Nested
     pairs (:data:`jaxlmm.compare.RESID_NESTED`: CS in CSH in UN, AR(1) in ARH(1), ARMA(1,1) and
     TOEP, CS in TOEP in UN, AD in ADH in UN, DIAG in CSH/ARH(1), ...) get LRTs against
-    ``chi2(df)`` (their null values are interior).
+    ``chi2(df)`` (their null values are interior).  A candidate ``"un / arm"`` has a separate
+    covariance per level of ``arm`` (``un(visit | arm / subject)``, SAS ``GROUP=arm``); the shared
+    structure is nested in it.
 
     Examples
     --------
@@ -85,14 +87,21 @@ def select_covariance(formula: str, data, visit: str, subject: str,
     """
     import warnings
 
-    fits = {}
+    fits, canon = {}, {}
     for st in structures:
+        name, _, group = (part.strip() for part in st.partition("/"))
+        canon[st] = (COVARIANCE_NAMES.get(name.lower(), name), group or None)
+        where = f"{group} / {subject}" if group else subject
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fits[st] = _fit(f"{formula} + {st}({visit} | {subject})", data, reml=reml)
-    canon = {st: COVARIANCE_NAMES.get(st.lower(), st) for st in structures}
-    pairs = sorted((a, b) for a in structures for b in structures
-                   if a != b and (canon[a], canon[b]) in RESID_NESTED and (canon[b], canon[a]) not in RESID_NESTED)
+            fits[st] = _fit(f"{formula} + {name}({visit} | {where})", data, reml=reml)
+
+    def nests(a, b):  # a is a special case of b (a shared structure is one with equal groups)
+        (sa, ga), (sb, gb) = canon[a], canon[b]
+        same = sa == sb or ((sa, sb) in RESID_NESTED and (sb, sa) not in RESID_NESTED)
+        return a != b and same and (ga is None or ga == gb) and (sa, ga) != (sb, gb)
+
+    pairs = sorted((a, b) for a in structures for b in structures if nests(a, b))
     table, lrt_table = _rank(fits, criterion, pairs)
     return Selection(fits, table, lrt_table, criterion)
 

@@ -26,7 +26,7 @@ def _data(seed=1, S=36, T=5, weights=False):
             if rng.random() < 0.15:
                 continue
             x = rng.normal()
-            rows.append(dict(id=f"s{s}", site=f"k{site}", visit=t, time=t + rng.uniform(-0.3, 0.3), x=x,
+            rows.append(dict(id=f"s{s}", site=f"k{site}", grp="a" if s % 3 else "b", visit=t, time=t + rng.uniform(-0.3, 0.3), x=x,
                              w=rng.uniform(0.5, 2.0), y=1 + 0.5 * t + 0.3 * x + b0 + b1 * t + 0.4 * (site - 2.5) + e))
     return pd.DataFrame(rows)
 
@@ -60,11 +60,15 @@ def _dense_reference(res, newdata, mode):
             ta, tb = fa[cov.columns[0]].to_numpy(float), fb[cov.columns[0]].to_numpy(float)
             C = var * np.exp(-np.abs(ta[:, None] - tb[None, :]) / rng_)
         else:
-            R = res.residual_covariance.to_numpy()
             pos = {v: i for i, v in enumerate(info.visit_levels)}
             ia = np.array([pos[v] for v in fa[cov.visit]])
             ib = np.array([pos[v] for v in fb[cov.visit]])
-            C = R[np.ix_(ia, ib)]
+            if cov.group is None:
+                C = res.residual_covariance.to_numpy()[np.ix_(ia, ib)]
+            else:  # one covariance per group (rows of one subject share its group)
+                Rg = res.residual_covariance
+                ga = fa[cov.group].to_numpy()
+                C = np.stack([Rg.loc[g].to_numpy()[ia[i], ib] for i, g in enumerate(ga)])
         return C * (sa[:, None] == sb[None, :]) / np.sqrt(np.outer(wa, wb))
 
     def zcov(Za, fa, Zb, fb):
@@ -117,10 +121,11 @@ def _dense_reference(res, newdata, mode):
 def _newdata(df):
     """Fitted rows, missed visits of fitted subjects, a new subject, a new site."""
     seen = set(zip(df["id"], df["visit"]))
-    missed = [dict(id=i, site=df.loc[df["id"] == i, "site"].iloc[0], visit=t, time=t + 0.1, x=0.2, w=1.5)
+    missed = [dict(id=i, site=df.loc[df["id"] == i, "site"].iloc[0], grp=df.loc[df["id"] == i, "grp"].iloc[0], visit=t,
+                   time=t + 0.1, x=0.2, w=1.5)
               for i in ("s0", "s1", "s2", "s3", "s5", "s7") for t in range(5) if (i, t) not in seen][:5]
-    new = [dict(id="new", site="k1", visit=2, time=2.2, x=-0.4, w=0.8),
-           dict(id="s3", site="k_new", visit=1, time=1.0, x=0.1, w=1.0)]
+    new = [dict(id="new", site="k1", grp="b", visit=2, time=2.2, x=-0.4, w=0.8),
+           dict(id="s3", site="k_new", grp="b", visit=1, time=1.0, x=0.1, w=1.0)]
     return pd.concat([df.iloc[[0, 3, 7, 20]], pd.DataFrame(missed + new)], ignore_index=True)
 
 
@@ -133,6 +138,8 @@ CASES = [
     ("y ~ x + visit + (1 | site) + sp_exp(time | id)", False),
     ("y ~ x + visit + (1 | id) + sp_exp(time | id)", True),
     ("y ~ x + visit + (1 + visit | id)", True),
+    ("y ~ x + visit + (1 | site) + ar1(visit | grp / id)", True),
+    ("y ~ x + C(visit) + us(visit | grp / id)", False),
 ]
 
 
