@@ -22,6 +22,7 @@ from formulaic.errors import DataMismatchWarning
 
 from .covariance import SPATIAL, RandomBlock, make_structure
 from .pergroup import PerGroup, group_keys
+from .varfunc import VarFunction, pair_data
 from .errors import DataError, FormulaError
 from .formula import ParsedFormula, parse_formula
 from .spec import ModelData, ModelSpec
@@ -80,6 +81,7 @@ class DesignInfo:
     resid_group: str | None = None  # ``un(visit | arm / subject)``: the column of the residual groups
     resid_group_levels: tuple = ()  # its levels (labels), in code order
     subject_group: np.ndarray | None = None  # the residual group code of each subject [S]
+    variance: tuple = ()  # variance functions: (VarTerm, levels of a var_ident factor or ()) per term
     weights: str | None = None  # the observation-weights column (SAS WEIGHT)
     row_sqrt_w: np.ndarray | None = None  # sqrt(weight) of each used row; the arrays' rows are scaled by it
     extra: dict = field(default_factory=dict)
@@ -487,6 +489,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         used.setdefault(pf.cov.subject, f"subject of {pf.cov.text}")
         if pf.cov.group is not None:
             used.setdefault(pf.cov.group, f"group of {pf.cov.text}")
+    for v in pf.variance:
+        used.setdefault(v.column, f"variance function {v.text}")
     if weights is not None:
         used.setdefault(weights, "weights")
     for name, what in used.items():
@@ -706,6 +710,10 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         gs = np.zeros(S_pad, dtype=int)
         gs[:S] = gcode
         D = group_keys(gs, np.broadcast_to(np.arange(T), (S_pad, T)), T)
+    variance, F_rows, var_labels = (), None, ()
+    if pf.variance:
+        variance = tuple((v, _ident_levels(df, v)) for v in pf.variance)
+        F_rows, var_labels = variance_features(variance, df)
     if per_subject:
         Pc = np.zeros((S_pad, T, coords_row.shape[1]))
         Pc[s_code, t_code] = coords_row
@@ -719,6 +727,15 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
                                else ())
     if gcode is not None:
         resid = PerGroup(resid, pf.cov.group, tuple(glevels))
+    if variance:
+        _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit)
+        F = np.zeros((S_pad, T, F_rows.shape[1]))
+        F[s_code, t_code] = F_rows
+        own = D is not None
+        if D is None:  # a key t_a T + t_b into the visit grid
+            D = group_keys(np.zeros(S_pad, dtype=int), np.broadcast_to(np.arange(T), (S_pad, T)), T)
+        D = pair_data(D, F)
+        resid = VarFunction(resid, tuple(var_labels), own_data=own)
     spec = ModelSpec(blocks=tuple(blocks), resid=resid, T=T, plan=plan)
 
     # identifiability
@@ -811,11 +828,85 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         resid_group=None if gcode is None else pf.cov.group,
         resid_group_levels=tuple(glevels),
         subject_group=gcode,
+        variance=variance,
         weights=weights,
         row_sqrt_w=sqrt_w,
     )
     data_arrays = ModelData(y=Y, m=M, X=XX, Z=ZZ, Z2=Z2, idx=idx, D=D)
     return data_arrays, spec, info
+
+
+_HETERO = ("un", "diag", "csh", "arh1", "adh", "toeph")
+
+
+def _ident_levels(df, v):
+    """The levels of the factor of ``var_ident`` (first = reference), () for the other kinds;
+    checks the column."""
+    col = df[v.column]
+    if v.kind == "ident":
+        levels = levels_of(col)
+        if len(levels) < 2:
+            raise DataError(
+                f"The column {v.column!r} of {v.text} has one level ({py_scalar(levels[0])!r}) in the usable rows; a "
+                "variance per level needs at least two. Drop the term or check the column.")
+        return tuple(levels)
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise DataError(
+            f"The column {v.column!r} of {v.text} is not numeric (dtype {col.dtype}); {v.text.split('(')[0]} needs a "
+            f"numeric covariate. For a variance per level of a factor use var_ident({v.column}).")
+    x = col.to_numpy(dtype=float)
+    if v.kind == "power" and (x <= 0).any():
+        i = int(np.argmax(x <= 0))
+        raise DataError(
+            f"The column {v.column!r} of {v.text} has {int((x <= 0).sum())} value(s) <= 0 (first {py_scalar(x[i])!r}); "
+            f"var_power multiplies the SD by {v.column}^delta and needs positive values. Shift the column (e.g. "
+            f"{v.column} + 1), or use var_exp({v.column}).")
+    return ()
+
+
+def variance_features(variance, frame: pd.DataFrame):
+    """(features [n, k], ((kind, label) per feature)) of the rows of ``frame`` for the variance
+    functions ``variance`` (:attr:`DesignInfo.variance`; :mod:`jaxlmm.varfunc`).  A level of a
+    ``var_ident`` factor that the fit has not seen is an error."""
+    cols, labels = [], []
+    for v, levels in variance:
+        if v.column not in frame.columns:
+            raise DataError(f"newdata has no column {v.column!r}, the covariate of the variance function {v.text}.")
+        col = frame[v.column]
+        if v.kind == "ident":
+            lab = [visit_label(x) for x in levels]
+            vals = [visit_label(x) if not pd.isna(x) else None for x in col.tolist()]
+            unseen = sorted({x for x in vals if x is not None and x not in lab})
+            if unseen:
+                raise DataError(f"The column {v.column!r} has level(s) {', '.join(map(repr, unseen[:4]))} that the "
+                                f"variance function {v.text} of the fit has no SD ratio for (levels: {', '.join(lab)}).")
+            for level in lab[1:]:
+                cols.append(np.array([1.0 if x == level else 0.0 for x in vals]))
+                labels.append(("ident", f"varIdent[{v.column}={level}]"))
+        else:
+            x = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cols.append(np.log(x) if v.kind == "power" else x)
+            labels.append((v.kind, f"var{v.kind.capitalize()}[{v.column}]"))
+    return np.column_stack(cols), tuple(labels)
+
+
+def _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit):
+    """A variance function of the visit alone is not identifiable with a variance per visit."""
+    if structure not in _HETERO:
+        return
+    for v, _ in variance:
+        if v.column == visit:
+            raise FormulaError(
+                f"The variance function {v.text} together with {pf.cov.text} is not identifiable: the structure already "
+                f"has a variance per visit of {visit!r}. Drop the variance function or use a structure with one "
+                "variance (cs, ar1, toep, ad, ...).")
+    per_visit = pd.DataFrame(F_rows).groupby(t_code).nunique().to_numpy()
+    if (per_visit <= 1).all():
+        raise FormulaError(
+            f"The variance functions ({', '.join(v.text for v, _ in variance)}) are constant within each visit, so "
+            f"with {pf.cov.text} (a variance per visit) they are not identifiable. Drop them or use a structure with "
+            "one variance.")
 
 
 def _subject_groups(df, cov, s_code, S, subj_levels):

@@ -8,7 +8,9 @@ an interaction ``a:b`` (one level per observed combination) or nested ``a/b``, w
 in lme4 to the two terms ``(... | a) + (... | b:a)``; ``a/b/c`` gives ``a``, ``b:a`` and
 ``c:b:a``.  A covariance term
 ``name(visit | subject)`` sets the within-subject (R-side) residual covariance; without one
-the residuals are ``sigma^2 I``.
+the residuals are ``sigma^2 I``.  Variance functions ``var_ident(sex)``, ``var_power(x)``,
+``var_exp(x)`` (nlme's ``varIdent(form = ~ 1 | sex)``, ``varPower(form = ~ x)``,
+``varExp(form = ~ x)``; ``var_ident(~ 1 | sex)`` is accepted too) scale the residual SDs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 
 from .errors import FormulaError
 
-__all__ = ["COVARIANCE_NAMES", "SPATIAL_NAMES", "RandomTerm", "CovTerm", "ParsedFormula", "parse_formula"]
+__all__ = ["COVARIANCE_NAMES", "SPATIAL_NAMES", "VARIANCE_NAMES", "RandomTerm", "CovTerm", "VarTerm", "ParsedFormula",
+           "parse_formula"]
 
 #: accepted covariance-term names -> canonical structure name
 COVARIANCE_NAMES = {
@@ -41,6 +44,10 @@ COVARIANCE_NAMES = {
     "sp_gau": "sp_gau",
     "sp_pow": "sp_pow",
 }
+
+#: variance-function terms (nlme ``weights = varIdent(...)``, ...) -> canonical kind
+VARIANCE_NAMES = {"var_ident": "ident", "varident": "ident", "var_power": "power", "varpower": "power",
+                  "var_exp": "exp", "varexp": "exp"}
 
 #: structures of distances between coordinates: ``sp_exp(x, y | subject)`` takes several columns
 SPATIAL_NAMES = ("sp_exp", "sp_gau", "sp_pow")
@@ -116,12 +123,23 @@ class CovTerm:
 
 
 @dataclass(frozen=True)
+class VarTerm:
+    """A variance function ``var_ident(sex)``, ``var_power(x)`` or ``var_exp(x)`` (residual SDs
+    multiplied by a function of a column)."""
+
+    kind: str  # "ident", "power" or "exp"
+    column: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ParsedFormula:
     text: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
     cov: CovTerm | None
+    variance: tuple[VarTerm, ...] = ()
 
 
 def _caret(text: str, pos: int, msg: str, width: int = 1) -> FormulaError:
@@ -255,6 +273,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     fixed_terms: list[str] = []
     random: list[RandomTerm] = []
     cov: CovTerm | None = None
+    variance: list[VarTerm] = []
     for piece, off in _split_top(rhs, "+", rhs_off, text):
         term = piece.strip()
         pos = off + (len(piece) - len(piece.lstrip()))
@@ -283,6 +302,20 @@ def parse_formula(formula: str) -> ParsedFormula:
                         factors=cols, origin=term if expanded else ""))
                 continue
         m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)$", term, re.S)
+        if m and _matching(term, term.index("(")) == len(term) - 1 and m.group(1).lower() in VARIANCE_NAMES:
+            name, inner = m.group(1), m.group(2).strip()
+            inner = inner.lstrip("~").strip()  # nlme's form: ~ x, ~ 1 | sex
+            if "|" in inner and inner.split("|")[0].strip() == "1":
+                inner = inner.split("|", 1)[1].strip()
+            col = _column(inner)
+            if col is None:
+                raise _caret(text, pos, f"Variance function {term!r} must name one column: {name}(column), e.g. "
+                                        f"var_ident(sex), var_power(dose), var_exp(age).")
+            kind = VARIANCE_NAMES[name.lower()]
+            if any(v.column == col and v.kind == kind for v in variance):
+                raise _caret(text, pos, f"Variance function {term!r} appears twice; keep one.")
+            variance.append(VarTerm(kind=kind, column=col, text=term))
+            continue
         if m and _matching(term, term.index("(")) == len(term) - 1:
             name, inner = m.group(1), m.group(2)
             bar = _inner_bar(inner)
@@ -351,7 +384,8 @@ def parse_formula(formula: str) -> ParsedFormula:
         _check_syntax(term, text, pos, f"the fixed-effects term {term!r}")
         fixed_terms.append(_python_powers(term))
     fixed = " + ".join(fixed_terms) if fixed_terms else "1"
-    return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random), cov=cov)
+    return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random), cov=cov,
+                         variance=tuple(variance))
 
 
 def _grouping(grp: str, term: str, text: str, pos: int) -> list[tuple[str, ...]]:

@@ -34,7 +34,9 @@ import pandas as pd
 
 from .covariance import SPATIAL
 from .errors import ArgumentError, DataError
+from .design import variance_features
 from .pergroup import PerGroup
+from .varfunc import VarFunction
 from .spec import marginal_cov
 from .visits import py_scalar, visit_label
 
@@ -137,6 +139,10 @@ class _NewRows:
             self.w = np.where(np.isfinite(w), w, np.nan)
         self.t, self.P = self._positions(model, newdata)
         self.g = self._groups(model, newdata) if info.resid_group is not None else np.zeros(n, dtype=int)
+        self.f = None  # features of the variance functions
+        if info.variance:
+            self.f = variance_features(info.variance, newdata)[0]
+            self.w[~np.all(np.isfinite(self.f), axis=1)] = np.nan
 
     def _groups(self, model, newdata):
         """The residual group of each new row (``un(visit | group / subject)``): its subject's, or
@@ -229,6 +235,10 @@ def _residual_parts(model, record, rows: _NewRows, idx, observed: bool):
     _, sl = spec.param_slices()
     th = jnp.asarray(record.theta)[sl]
     resid = spec.resid
+    vf, delta = None, None
+    if isinstance(resid, VarFunction):  # the base structure's parts, scaled below
+        vf, resid = resid, resid.base
+        th, delta = vf.split(th)
     S, T = model.arrays.m.shape
     N = len(idx)
     K = np.zeros((S, T, N)) if observed else None
@@ -260,6 +270,13 @@ def _residual_parts(model, record, rows: _NewRows, idx, observed: bool):
             for a, j in enumerate(idx):
                 if rows.s[j] >= 0:
                     K[rows.s[j], :, a] = R[g[a], :, t[a]]
+    if vf is not None:  # SDs times exp(f' delta), of the new rows and of the fitted cells
+        d = np.asarray(delta)
+        s_new = np.exp(np.nan_to_num(rows.f[idx]) @ d)
+        Rjj = Rjj * s_new ** 2
+        if observed:
+            s_cells = np.exp(np.asarray(model.arrays.D)[:, :, 0, 1 : 1 + vf.k] @ d)
+            K = K * s_cells[..., None] * s_new[None, None, :]
     w = rows.w[idx]
     if observed:
         K = K * np.asarray(model.arrays.m)[..., None] / np.sqrt(w)[None, None, :]

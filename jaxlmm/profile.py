@@ -17,7 +17,8 @@ likelihood-ratio test of psi = psi_0 does not reject (lme4's ``profile`` / ``con
   A = X'V^-1X, so only theta is optimised numerically.
 
 Every profile point is an optimisation over the other covariance parameters in natural units
-mapped to an unbounded scale (log for SDs, a scaled atanh for correlations); the fixed
+mapped to an unbounded scale (log for SDs, a scaled atanh for correlations, unbounded ones
+such as a variance function's power as they are); the fixed
 parameter is held by a mask.  All points of all parameters run as one vmapped, compiled Newton
 solve per round: ``profile`` evaluates its whole grid in one call; ``confint`` brackets each
 end point (one or two rounds) and then refines the brackets by interpolation on zeta (a few
@@ -51,9 +52,11 @@ __all__ = ["profile", "confint_profile"]
 def _to_phi(u, bounds):
     lo = np.array([b[0] for b in bounds])
     hi = np.array([b[1] for b in bounds])
-    half = np.isinf(hi)
-    width = np.where(half, 1.0, hi - lo)
-    return jnp.where(half, lo + jnp.exp(u), lo + width * 0.5 * (1.0 + jnp.tanh(u)))
+    free = np.isinf(lo) & np.isinf(hi)  # unbounded (a variance function's power or rate): u itself
+    half = np.isinf(hi) & ~free
+    lo = np.where(free, 0.0, lo)
+    width = np.where(half | free, 1.0, hi - lo)
+    return jnp.where(free, u, jnp.where(half, lo + jnp.exp(u), lo + width * 0.5 * (1.0 + jnp.tanh(u))))
 
 
 def _to_u(phi, bounds, floor):
@@ -61,7 +64,9 @@ def _to_u(phi, bounds, floor):
     out = np.empty(len(bounds))
     for i, (lo, hi) in enumerate(bounds):
         v = float(phi[i])
-        if np.isinf(hi):
+        if np.isinf(lo) and np.isinf(hi):
+            out[i] = v
+        elif np.isinf(hi):
             out[i] = np.log(max(v - lo, floor[i]))
         else:
             t = 2 * (v - lo) / (hi - lo) - 1
@@ -216,6 +221,8 @@ class _Problem:
         if kind == "beta":
             return float(val)
         lo, hi = self.bounds[j]
+        if np.isinf(lo) and np.isinf(hi):
+            return float(val)
         if np.isinf(hi):
             return float(lo + np.exp(val))
         return float(lo + (hi - lo) * 0.5 * (1 + np.tanh(val)))

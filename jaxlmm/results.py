@@ -598,6 +598,11 @@ class LMMResult:
                 "(there is no common visit grid); use res.residual_covariance_of(subject) for one subject's, and "
                 "res.theta / res.covparms for the parameters."
             )
+        if self.info.variance:
+            terms = ", ".join(v.text for v, _ in self.info.variance)
+            raise LMMError(
+                f"With the variance functions {terms} the residual covariance differs between observations; use "
+                "res.residual_covariance_of(subject) for one subject's, and res.theta for the parameters.")
         lab = self.info.visit_labels if self.info.visit is not None else [f"pos{i + 1}" for i in range(self.info.T)]
         if self.info.resid_group is not None:  # one per group: rows (group, visit)
             Rg = np.asarray(self.model.spec.resid.group_matrices(jnp.asarray(self.record.theta)[self.model.spec.param_slices()[1]]))
