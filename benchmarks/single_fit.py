@@ -63,9 +63,11 @@ MODELS = {
     "adh": ("ANTE(1) het", "adh(visit | subject)", None),
     "arma11": ("ARMA(1,1)", "arma11(visit | subject)", "gls corARMA(1,1)"),
     "sp_exp": ("SP(EXP)", "sp_exp(time | subject)", "gls corExp"),
+    "un_grp": ("UN by arm", "un(visit | arm / subject)", None),
+    "ar1_vi": ("AR1 + varIdent(sex)", "ar1(visit | subject) + var_ident(sex)", "gls corAR1+varIdent(~1|sex)"),
 }
 #: the covariance catalogue; target: each within 2x of UN's fit time at the same size
-CATALOGUE = ("toep", "toeph", "ad", "adh", "arma11", "sp_exp")
+CATALOGUE = ("toep", "toeph", "ad", "adh", "arma11", "sp_exp", "un_grp", "ar1_vi")
 MEAN = "y ~ time * arm + x"
 N_VISITS = 6
 
@@ -78,6 +80,7 @@ d <- read.csv(args[1], stringsAsFactors = FALSE)
 models <- strsplit(args[2], ",")[[1]]
 timeout <- as.numeric(args[3]); reps <- as.integer(args[4]); budget <- as.numeric(args[5])
 d$visit <- factor(d$visit); d$arm <- factor(d$arm); d$vi <- as.integer(d$visit)
+if (!is.null(d$sex)) d$sex <- factor(d$sex)
 d <- d[!is.na(d$y), , drop = FALSE]
 d$subject <- factor(d$subject)
 d <- d[order(d$subject, d$vi), , drop = FALSE]
@@ -96,7 +99,9 @@ fitters <- list(
                                        data = d, REML = TRUE),
   arma11 = function(d) gls(fixed, data = d, correlation = corARMA(form = ~ vi | subject, p = 1, q = 1),
                            method = "REML"),
-  sp_exp = function(d) gls(fixed, data = d, correlation = corExp(form = ~ time | subject), method = "REML")
+  sp_exp = function(d) gls(fixed, data = d, correlation = corExp(form = ~ time | subject), method = "REML"),
+  ar1_vi = function(d) gls(fixed, data = d, correlation = corAR1(form = ~ vi | subject),
+                           weights = varIdent(form = ~ 1 | sex), method = "REML")
 )
 # warm-up (lazy loading, method dispatch) on the first 40 subjects; not timed
 keep <- levels(d$subject)[seq_len(min(40, nlevels(d$subject)))]

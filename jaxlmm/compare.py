@@ -37,6 +37,8 @@ def _mixture(small, big):
     if ss.resid.name != sb.resid.name or (ss.resid.name != "id" and ss.resid.T != sb.resid.T) or \
             _resid_group(ss) != _resid_group(sb):
         return None
+    if any(getattr(b, "structure", None) is not None for b in ss.blocks + sb.blocks):
+        return None  # structured blocks (re_cs, ...): no chi-bar-square rule here
     blocks_s = [(set(b.columns), b.group) for b in ss.blocks]
     blocks_b = [(set(b.columns), b.group, b.correlated) for b in sb.blocks]
     # every block of the small model must survive unchanged or grow inside one big block of its factor
@@ -82,7 +84,13 @@ def nested(small, big):
     cols_b = [frozenset(b.columns) | {b.group} for b in sb.blocks]
     if sorted(map(sorted, cols_s)) == sorted(map(sorted, cols_b)) and not resid_ok:
         return False
-    blocks_ok = all(any(s <= b for b in cols_b) for s in cols_s)
+    # a block nests in a block with its columns and a structure it is a special case of
+    # (re_cs in re_csh in the unstructured term, re_ar1 in it, ...)
+    kind = lambda b: getattr(b, "kind", "un") if b.k > 1 else "un"  # noqa: E731
+    inside = lambda a, b: a[0] <= b[0] and (a[1] == b[1] or (a[1], b[1]) in RESID_NESTED)  # noqa: E731
+    ks = [(c, kind(b)) for c, b in zip(cols_s, ss.blocks)]
+    kb = [(c, kind(b)) for c, b in zip(cols_b, sb.blocks)]
+    blocks_ok = all(any(inside(a, b) for b in kb) for a in ks)
     fixed_ok = set(small.info.fixed_names) <= set(big.info.fixed_names)
     return True if (resid_ok and blocks_ok and fixed_ok) else None
 

@@ -545,6 +545,13 @@ class RandomBlock:
         k = self.k
         return k * (k + 1) // 2 if self.correlated else k
 
+    common_scale = False  # each column keeps its own scale (fitting.column_log_scales)
+
+    def unit_scaling(self, log_sy, log_sz, xp):
+        """``(mult, shift)`` of the parameters when the response moves by ``log s_y`` and the
+        block's columns by ``log_sz`` [k] (:meth:`jaxlmm.spec.ModelSpec.unit_scaling`)."""
+        return xp.exp(log_sy - log_sz[self.scale_rows()]), xp.zeros(self.n_params) * log_sy
+
     def scale_rows(self):
         """The column of ``L`` whose scale each parameter carries: an entry ``L_ij`` (row ``i``)
         is multiplied by ``s_y / s_i`` when the response is multiplied by ``s_y`` and column

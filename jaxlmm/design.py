@@ -21,6 +21,7 @@ import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
 from .covariance import SPATIAL, RandomBlock, make_structure
+from .gside import StructuredBlock
 from .pergroup import PerGroup, group_keys
 from .varfunc import VarFunction, pair_data
 from .errors import DataError, FormulaError
@@ -306,7 +307,7 @@ def _check_identifiable(block, Zb, codes, terms) -> None:
     constant within every subject (a between-subject factor), or columns collinear within
     every level."""
     k = block.k
-    if k < 2 or not block.correlated:
+    if k < 2 or not isinstance(block, RandomBlock):  # structured blocks: few parameters
         return
     z = Zb / np.maximum(np.sqrt(np.mean(Zb * Zb, axis=0)), 1e-300)
     L = int(codes.max()) + 1
@@ -574,14 +575,21 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             )
         _check_finite(Zr, cols, f"random term {r.text}", row_labels)
         re_specs.append(zm.model_spec)
-        if r.correlated:
+        if r.structure not in (None, "un"):  # G side: re_cs(...), re_ar1(...), ...
+            if len(cols) < 2 and r.structure != "diag":
+                raise FormulaError(
+                    f"The structured random term {r.origin or r.text} has one random effect ({cols[0]}); its "
+                    f"{r.structure} covariance needs at least two (e.g. re_{r.structure}(0 + visit | {r.group}) with "
+                    "a factor), or write the plain term (1 | group).")
+            blocks.append(StructuredBlock(tuple(cols), r.group, make_structure(r.structure, len(cols))))
+        elif r.correlated:
             blocks.append(RandomBlock(tuple(cols), r.group, True))
         else:
             blocks.extend(RandomBlock((c,), r.group, True) for c in cols)
         Zparts.append(Zr)
     for b in blocks:  # a k x k covariance needs more than k levels (a design for simulation may have fewer)
         nl = factors[b.group].n_levels
-        if has_response and b.correlated and b.k > 1 and nl <= b.k:
+        if has_response and isinstance(b, RandomBlock) and b.k > 1 and nl <= b.k:
             raise DataError(
                 f"The grouping factor {b.group!r} has {nl} levels in the usable rows but {b.k} correlated random effects "
                 f"per level ({', '.join(b.columns)}): their {b.k} x {b.k} covariance needs at least {b.k + 1} levels. "

@@ -234,13 +234,15 @@ def centred(arrays: ModelData):
 
 def column_log_scales(data: ModelData, spec) -> np.ndarray:
     """``log`` of the RMS over the observed cells of every random-effect column (blocks in
-    order); 0 for a column that is zero everywhere."""
+    order); 0 for a column that is zero everywhere; the mean over the columns of a structured
+    block (:mod:`jaxlmm.gside`), whose columns share one scale."""
     m = np.asarray(data.m)
     n = max(float(m.sum()), 1.0)
     out = []
-    for zz in block_columns(data, spec):
+    for b, zz in zip(spec.blocks, block_columns(data, spec)):
         ms = np.sum(zz * zz * m[..., None], axis=(0, 1)) / n
-        out.append(np.where(ms > 0, 0.5 * np.log(np.where(ms > 0, ms, 1.0)), 0.0))
+        ls = np.where(ms > 0, 0.5 * np.log(np.where(ms > 0, ms, 1.0)), 0.0)
+        out.append(np.full_like(ls, ls.mean()) if b.common_scale else ls)  # structured blocks: one scale
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -49,6 +49,10 @@ COVARIANCE_NAMES = {
 VARIANCE_NAMES = {"var_ident": "ident", "varident": "ident", "var_power": "power", "varpower": "power",
                   "var_exp": "exp", "varexp": "exp"}
 
+#: structured random terms ``re_<name>(effects | group)`` -> the structure of their covariance
+RE_STRUCTURE_NAMES = {"diag": "diag", "cs": "cs", "csh": "csh", "ar1": "ar1", "arh1": "arh1", "ar1h": "arh1",
+                      "toep": "toep", "toeph": "toeph", "ad": "ad", "adh": "adh", "un": "un", "us": "un"}
+
 #: structures of distances between coordinates: ``sp_exp(x, y | subject)`` takes several columns
 SPATIAL_NAMES = ("sp_exp", "sp_gau", "sp_pow")
 
@@ -98,6 +102,7 @@ class RandomTerm:
     text: str  # the term (as written, or as expanded from a nested "a/b" term)
     factors: tuple[str, ...] = ()  # the columns whose combinations are the levels (default: (group,))
     origin: str = ""  # the term as written when it was expanded from "a/b" (else "")
+    structure: str | None = None  # G-side structure of ``re_cs(...)`` etc. (jaxlmm.gside); None: unstructured
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -279,9 +284,21 @@ def parse_formula(formula: str) -> ParsedFormula:
         pos = off + (len(piece) - len(piece.lstrip()))
         if not term:
             raise _caret(text, pos, "Formula has an empty term (two '+' in a row or a trailing '+').")
+        # a structured random term "re_cs( lhs | g )" (G side; glmmTMB's cs(lhs | g))
+        re_struct, rterm = None, term
+        mre = re.match(r"^re_([A-Za-z0-9_]+)\s*\(", term)
+        if mre and term.endswith(")") and _matching(term, mre.end() - 1) == len(term) - 1:
+            key = mre.group(1).lower()
+            if key not in RE_STRUCTURE_NAMES:
+                raise _caret(text, pos, f"Unknown random-effect structure re_{mre.group(1)}; valid: "
+                                        f"{', '.join('re_' + k for k in sorted(RE_STRUCTURE_NAMES))}.")
+            re_struct, rterm = RE_STRUCTURE_NAMES[key], term[mre.end() - 1 :]
+            if _inner_bar(rterm[1:-1]) is None or not _inner_bar(rterm[1:-1])[2]:
+                raise _caret(text, pos, f"Structured random term {term!r} must be re_{key}(effects | group) with "
+                                        "one '|'.")
         # random term: "( lhs | g )"
-        if term.startswith("(") and term.endswith(")") and _matching(term) == len(term) - 1:
-            bar = _inner_bar(term[1:-1])
+        if rterm.startswith("(") and rterm.endswith(")") and _matching(rterm) == len(rterm) - 1:
+            bar = _inner_bar(rterm[1:-1])
             if bar is not None:
                 expr, grp, correlated = bar[0].strip(), bar[1].strip(), bar[2]
                 if not expr:
@@ -298,8 +315,9 @@ def parse_formula(formula: str) -> ParsedFormula:
                     name = ":".join(cols)
                     random.append(RandomTerm(
                         expr=expr, group=name, correlated=bool(correlated),
-                        text=f"({expr} {bar_s} {name})" if expanded else term,
-                        factors=cols, origin=term if expanded else ""))
+                        text=(f"re_{re_struct}({expr} | {name})" if re_struct else f"({expr} {bar_s} {name})")
+                        if expanded else term,
+                        factors=cols, origin=term if expanded else "", structure=re_struct))
                 continue
         m = re.match(r"^([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)$", term, re.S)
         if m and _matching(term, term.index("(")) == len(term) - 1 and m.group(1).lower() in VARIANCE_NAMES:

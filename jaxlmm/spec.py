@@ -32,9 +32,11 @@ LOG2PI = float(np.log(2 * np.pi))
 class ModelData(NamedTuple):
     """Padded model arrays (a pytree).  S subjects (padded), T visit positions, p fixed, q level-1
     random effects; ``Z2`` [S, T, q2] and ``idx`` (a :class:`~jaxlmm.terms.Level2Index`) hold the
-    level-2 factors (None without them).  ``D`` [S, T, T] holds the distances between each
-    subject's observations when a spatial structure has one covariance per subject (its rows
-    fill the columns; None otherwise).  Without a covariance term and with several grouping
+    level-2 factors (None without them).  ``D`` [S, T, T] (or [S, T, T, c]) holds per pair of a
+    subject's cells what its residual covariance needs when that differs between subjects: the
+    distances of a spatial structure with one covariance per subject (its rows fill the
+    columns), the keys of a covariance per group (:mod:`jaxlmm.pergroup`), or those with the
+    features of variance functions (:mod:`jaxlmm.varfunc`); None otherwise.  Without a covariance term and with several grouping
     factors, every row is its own "subject" (T = 1)."""
 
     y: jax.Array  # [S, T]   response, 0 where masked
@@ -43,7 +45,7 @@ class ModelData(NamedTuple):
     Z: jax.Array  # [S, T, q]
     Z2: jax.Array | None = None
     idx: object = None
-    D: jax.Array | None = None  # [S, T, T] distances of each subject's observations (spatial terms)
+    D: jax.Array | None = None  # [S, T, T(, c)] per-pair residual data (distances, group keys, features)
 
     def to_jax(self, dtype=jnp.float64) -> "ModelData":
         """The arrays as JAX arrays of ``dtype`` (index arrays as int32)."""
@@ -116,8 +118,9 @@ class ModelSpec:
         xp = jnp if isinstance(log_sy, jax.Array) or isinstance(log_sz, jax.Array) else np
         mult, shift, o = [], [], 0
         for b in self.blocks:
-            mult.append(xp.exp(log_sy - log_sz[o + b.scale_rows()]))
-            shift.append(xp.zeros(b.n_params) * log_sy)
+            mu, sh = b.unit_scaling(log_sy, log_sz[o : o + b.k], xp)
+            mult.append(mu)
+            shift.append(sh)
             o += b.k
         kinds = np.asarray(self.resid.scale_kinds())
         mult.append(xp.where(kinds == 2, xp.exp(log_sy), 1.0) + 0.0 * log_sy)
@@ -138,8 +141,8 @@ class ModelSpec:
         return _block_diag([self.blocks[j] for j in self.level1], self._mats(theta, "chol"), theta.dtype)
 
     def R(self, theta, D=None):
-        """The residual covariance [T, T], or per subject [..., T, T] from the distances ``D`` of a
-        spatial structure."""
+        """The residual covariance [T, T], or per subject [..., T, T] from the per-pair data ``D``
+        (:class:`ModelData`)."""
         _, s = self.param_slices()
         return self.resid.matrix(theta[s]) if D is None else self.resid.matrix_at(theta[s], D)
 
@@ -186,7 +189,7 @@ class ModelSpec:
     def sas_slices(self):
         out, i = [], 0
         for b in self.blocks:
-            n = b.k * (b.k + 1) // 2 if b.correlated else b.k
+            n = len(b.sas_names())
             out.append(slice(i, i + n))
             i += n
         return out, slice(i, i + self.resid.n_params)
