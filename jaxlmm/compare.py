@@ -63,7 +63,8 @@ RESID_NESTED = {("id", b) for b in ("cs", "csh", "ar1", "arh1", "ad", "adh", "un
     ("id", "toep"), ("id", "toeph"), ("cs", "toep"), ("cs", "toeph"), ("csh", "toeph"), ("ar1", "toep"),
     ("ar1", "toeph"), ("arh1", "toeph"), ("diag", "toeph"), ("toep", "toeph"), ("toep", "un"), ("toeph", "un"),
     ("id", "arma11"), ("ar1", "arma11"), ("arma11", "toep"), ("arma11", "toeph"), ("arma11", "un"),
-    ("sp_exp", "sp_pow"), ("sp_pow", "sp_exp"), ("sp_exp", "un"), ("sp_gau", "un"), ("sp_pow", "un")}
+    ("sp_exp", "sp_pow"), ("sp_pow", "sp_exp"), ("sp_exp", "un"), ("sp_gau", "un"), ("sp_pow", "un"),
+    ("un_ar1", "un_un"), ("un_cs", "un_un")}
 
 
 def _resid_group(spec):

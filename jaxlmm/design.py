@@ -22,6 +22,7 @@ from formulaic.errors import DataMismatchWarning
 
 from .covariance import SPATIAL, RandomBlock, make_structure
 from .gside import StructuredBlock
+from .kronecker import KRONECKER, Kronecker
 from .pergroup import PerGroup, group_keys
 from .varfunc import VarFunction, pair_data
 from .errors import DataError, FormulaError
@@ -620,6 +621,7 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         )
     visit = pf.cov.visit if pf.cov is not None else None
     spatial = pf.cov is not None and pf.cov.structure in SPATIAL
+    kron = pf.cov is not None and pf.cov.structure in KRONECKER
     per_subject = False  # a spatial structure with one covariance per subject (ModelData.D)
     if visit is not None:
         if spatial:
@@ -627,6 +629,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             if levels is None:  # each subject's own coordinates: its rows fill its columns
                 per_subject = True
                 levels = list(range(int(t_code.max()) + 1))
+        elif kron:
+            levels, t_code, kron_levels = _kron_positions(df, pf.cov, s_code)
         else:
             levels, t_code = visit_positions(df[visit], pf.cov.structure, visit, pf.cov.text, s_code)
         dup = pd.DataFrame({"s": s_code, "t": t_code}).duplicated(keep=False).to_numpy()
@@ -639,15 +643,17 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
             )
         T = len(levels)
         structure = pf.cov.structure
-        textual = not spatial and not isinstance(df[visit].dtype, pd.CategoricalDtype) and \
-            not pd.api.types.is_numeric_dtype(df[visit])
-        if structure in ("ar1", "arh1", "arma11") and textual:
-            natural = sorted(levels, key=natural_key)
-            if natural != list(levels):
+        vcol = pf.cov.columns[-1] if kron else visit
+        textual = not spatial and not isinstance(df[vcol].dtype, pd.CategoricalDtype) and \
+            not pd.api.types.is_numeric_dtype(df[vcol])
+        if (structure in ("ar1", "arh1", "arma11", "un_ar1")) and textual:
+            levels_t = kron_levels[1] if kron else levels
+            natural = sorted(levels_t, key=natural_key)
+            if natural != list(levels_t):
                 warnings.warn(
-                    f"The visit levels of column {visit!r} are ordered as text ({', '.join(map(str, levels[:6]))}"
+                    f"The visit levels of column {vcol!r} are ordered as text ({', '.join(map(str, levels_t[:6]))}"
                     f"{', ...' if T > 6 else ''}), which sets the AR(1) lags in {pf.cov.text}; if that is not the "
-                    f"time order, make {visit!r} a pd.Categorical with its categories in time order, or a number.",
+                    f"time order, make {vcol!r} a pd.Categorical with its categories in time order, or a number.",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -731,8 +737,12 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
         pos = [tuple(float(x) for x in (Pc * M[..., None]).sum(axis=0)[t] / cnt[t]) for t in range(T)]
         resid = make_structure(structure, T, pos)
     else:
-        resid = make_structure(structure, T, [lv if isinstance(lv, tuple) else (lv,) for lv in levels] if spatial
-                               else ())
+        if kron:
+            resid = Kronecker(T, A=len(kron_levels[0]), second=KRONECKER[structure],
+                              labels=tuple(tuple(visit_label(v) for v in lv) for lv in kron_levels))
+        else:
+            resid = make_structure(structure, T, [lv if isinstance(lv, tuple) else (lv,) for lv in levels] if spatial
+                                   else ())
     if gcode is not None:
         resid = PerGroup(resid, pf.cov.group, tuple(glevels))
     if variance:
@@ -845,6 +855,23 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
 
 
 _HETERO = ("un", "diag", "csh", "arh1", "adh", "toeph")
+
+
+def _kron_positions(df, cov, s_code):
+    """(levels as (type, visit) pairs, each row's position ``a V + t``, (type levels, visit
+    levels)) of a Kronecker term ``un_ar1(type, visit | subject)``."""
+    tcol, vcol = cov.columns
+    types = levels_of(df[tcol])
+    if len(types) < 2:
+        raise DataError(
+            f"The response-type column {tcol!r} of {cov.text} has one level ({py_scalar(types[0])!r}) in the usable "
+            f"rows; a Kronecker structure needs two or more responses. Use {KRONECKER[cov.structure]}"
+            f"({vcol} | {cov.subject}) for one response.")
+    second = KRONECKER[cov.structure]
+    vlev, v_code = visit_positions(df[vcol], second, vcol, cov.text, s_code)
+    a_code = pd.Categorical(df[tcol], categories=types).codes.astype(int)
+    V = len(vlev)
+    return [(a, v) for a in types for v in vlev], a_code * V + v_code, (types, vlev)
 
 
 def _ident_levels(df, v):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import FormulaError
 
-__all__ = ["COVARIANCE_NAMES", "SPATIAL_NAMES", "VARIANCE_NAMES", "RandomTerm", "CovTerm", "VarTerm", "ParsedFormula",
+__all__ = ["COVARIANCE_NAMES", "SPATIAL_NAMES", "KRONECKER_NAMES", "VARIANCE_NAMES", "RandomTerm", "CovTerm", "VarTerm", "ParsedFormula",
            "parse_formula"]
 
 #: accepted covariance-term names -> canonical structure name
@@ -43,7 +43,13 @@ COVARIANCE_NAMES = {
     "car1": "sp_pow",
     "sp_gau": "sp_gau",
     "sp_pow": "sp_pow",
+    "un_ar1": "un_ar1",
+    "un_cs": "un_cs",
+    "un_un": "un_un",
 }
+
+#: Kronecker structures: ``un_ar1(type, visit | subject)`` (SAS TYPE=UN@AR(1))
+KRONECKER_NAMES = ("un_ar1", "un_cs", "un_un")
 
 #: variance-function terms (nlme ``weights = varIdent(...)``, ...) -> canonical kind
 VARIANCE_NAMES = {"var_ident": "ident", "varident": "ident", "var_power": "power", "varpower": "power",
@@ -112,7 +118,8 @@ class RandomTerm:
 @dataclass(frozen=True)
 class CovTerm:
     """``structure(visit | subject)``; a spatial term may name several coordinate columns
-    (``sp_exp(x, y | subject)``): ``coords`` lists them and ``visit`` is their text ``"x, y"``."""
+    (``sp_exp(x, y | subject)``) and a Kronecker term two (``un_ar1(type, visit | subject)``):
+    ``coords`` lists them and ``visit`` is their text ``"x, y"``."""
 
     structure: str  # canonical name (a key of jaxlmm.covariance.STRUCTURES)
     visit: str
@@ -357,11 +364,17 @@ def parse_formula(formula: str) -> ParsedFormula:
                     raise _caret(text, pos, f"Covariance term {term!r} has more than one '/'; write "
                                             f"{name}(visit | group / subject) for a covariance per group.")
                 parts = [v.strip() for v, _ in _split_top(visit, ",")]
-                if COVARIANCE_NAMES[key] in SPATIAL_NAMES and len(parts) > 1:
+                kron = COVARIANCE_NAMES[key] in KRONECKER_NAMES
+                if kron and len(parts) != 2:
+                    raise _caret(text, pos, f"Covariance term {term!r} is a Kronecker structure: write "
+                                            f"{name}(type, visit | subject) with the column of the response type "
+                                            "(which variable) and the visit column.")
+                if (COVARIANCE_NAMES[key] in SPATIAL_NAMES and len(parts) > 1) or kron:
                     coords = tuple(_column(v) for v in parts)
                     if None in coords or _column(subject) is None or len(set(coords)) < len(coords):
-                        raise _caret(text, pos, f"Covariance term {term!r} must be {name}(x, y | subject) with distinct "
-                                                "coordinate columns and one subject column.")
+                        raise _caret(text, pos, f"Covariance term {term!r} must be {name}("
+                                                f"{'type, visit' if kron else 'x, y'} | subject) with distinct "
+                                                "columns and one subject column.")
                     if subject in coords:
                         raise _caret(text, pos, f"Covariance term {term!r} uses {subject!r} as a coordinate and the "
                                                 "subject.")

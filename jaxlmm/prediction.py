@@ -193,16 +193,21 @@ class _NewRows:
             P = np.column_stack([pd.to_numeric(newdata[c], errors="coerce").to_numpy(dtype=float)
                                  for c in cov.columns])
             return np.zeros(n, dtype=int), P
-        if cov.visit not in newdata.columns:
-            raise DataError(
-                f"newdata has no column {cov.visit!r}, the visit of {cov.text}; the residual variance of a "
-                "prediction depends on the visit."
-            )
-        numeric = all(isinstance(py_scalar(v), (int, float)) for v in info.visit_levels)
-        key = (lambda v: float(v)) if numeric else (lambda v: py_scalar(v))
+        for c in cov.columns:
+            if c not in newdata.columns:
+                raise DataError(
+                    f"newdata has no column {c!r}, the visit of {cov.text}; the residual variance of a "
+                    "prediction depends on the visit."
+                )
+        kron = len(cov.columns) > 1  # un_ar1(type, visit | subject): positions are (type, visit) pairs
+        flat = [v[1] for v in info.visit_levels] if kron else info.visit_levels
+        numeric = all(isinstance(py_scalar(v), (int, float)) for v in flat)
+        key1 = (lambda v: float(v)) if numeric else (lambda v: py_scalar(v))
+        key = (lambda v: (py_scalar(v[0]), key1(v[1]))) if kron else key1
         table = {key(v): i for i, v in enumerate(info.visit_levels)}
         t = np.full(n, -1)
-        for i, v in enumerate(newdata[cov.visit].tolist()):
+        values = list(zip(*(newdata[c].tolist() for c in cov.columns))) if kron else newdata[cov.visit].tolist()
+        for i, v in enumerate(values):
             if _missing(v):
                 continue
             try:
@@ -212,7 +217,8 @@ class _NewRows:
             if t[i] < 0:
                 shown = ", ".join(map(str, info.visit_labels[:8])) + (", ..." if len(info.visit_labels) > 8 else "")
                 raise DataError(
-                    f"newdata row {newdata.index[i]!r} has visit {py_scalar(v)!r} (column {cov.visit!r}), which is not "
+                    f"newdata row {newdata.index[i]!r} has visit {(tuple(map(py_scalar, v)) if kron else py_scalar(v))!r} "
+                    f"(column {cov.visit!r}), which is not "
                     f"a visit of the fitted {cov.text} ({shown}); the residual covariance has no value there."
                 )
         return t, None

@@ -14,7 +14,7 @@ LAYERS = {
     "cache": 0,
     "cores": 0,
     "formula": 1, "datasets": 1, "checks": 1, "distributions": 1,
-    "structure": 2, "pergroup": 2, "varfunc": 2, "gside": 2, "serial": 2, "spatial": 2, "covariance": 2, "visits": 2, "terms": 2, "spec": 2, "design": 2,
+    "structure": 2, "pergroup": 2, "varfunc": 2, "gside": 2, "kronecker": 2, "serial": 2, "spatial": 2, "covariance": 2, "visits": 2, "terms": 2, "spec": 2, "design": 2,
     "linalg": 3, "pls": 3, "patterns": 3, "likelihood": 3, "simulate": 3,
     "optimize": 4, "distributed": 4,
     "fitting": 5, "batch": 5,
