@@ -5,7 +5,7 @@ nlme ``gls`` with ``corARMA(p = 1, q = 1)``, ``corExp``, ``corGaus``, ``corCAR1`
 coordinate, irregular times) and ``corExp(form = ~ px + py | field)`` (Euclidean distance in two
 coordinates), ``lme`` with a random intercept and ``corExp``, and observation weights
 (``weights = varFixed(~ 1 / w)``, jaxlmm ``weights="w"``) with AR(1) and with a random intercept;
-REML and ML.  The deviance is
+REML and ML; TOEPH against glmmTMB's ``toep``.  The deviance is
 compared with R's recomputed dense -2 log L (SAS's constants, which are jaxlmm's)."""
 
 import json
@@ -24,7 +24,7 @@ CASES = json.loads((HERE / "reference.json").read_text())["cases"]
 NAMES = {"Phi1": "phi", "Theta1": "theta", "range": "range", "Phi": "rho"}
 
 
-@pytest.mark.parametrize("key", sorted(k for k in CASES if not k.startswith("ordered")))
+@pytest.mark.parametrize("key", sorted(k for k in CASES if not k.startswith(("ordered", "toeph"))))
 def test_against_nlme(key):
     case = CASES[key]
     df = pd.read_csv(HERE / "data" / case["dataset"])
@@ -47,6 +47,24 @@ def test_against_nlme(key):
         assert abs(th[name] - v) <= 1e-4 * abs(v) + 1e-3 * tab.std_error[name], name
     if "re_sd" in case:
         assert abs(th["sd[(Intercept)|subject]"] - case["re_sd"]) <= 1e-3 * tab.std_error["sd[(Intercept)|subject]"]
+
+
+@pytest.mark.parametrize("key", ["toeph_glmmTMB_reml", "toeph_glmmTMB_ml"])
+def test_toeph_against_glmmtmb(key):
+    """TOEPH against glmmTMB's toep() on the visit indicators with dispformula = ~ 0 (its residual
+    variance fixed at a negligible value): -2 log L, fixed effects, per-visit SDs and the
+    correlation at each lag."""
+    case = CASES[key]
+    df = pd.read_csv(HERE / "data" / case["dataset"])
+    res = lmm.fit(case["jaxlmm_formula"], df, reml=case["reml"])
+    assert res.converged and res.n_obs == case["n_obs"]
+    assert abs(res.deviance - case["deviance_reported"]) <= 1e-6 * abs(case["deviance_reported"])
+    fe = {n.replace("[T.", "").replace("]", ""): v for n, v in res.fixef.items()}
+    for name, b in case["fixef"].items():
+        assert abs(fe[name] - b) <= 1e-4 * max(abs(b), 1.0), name
+    th = res.theta
+    np.testing.assert_allclose(th[[n for n in th.index if n.startswith("sd[")]], case["sd"], rtol=1e-4)
+    np.testing.assert_allclose(th[[n for n in th.index if n.startswith("rho[")]], case["lag_corr"], atol=1e-4)
 
 
 def test_spatial_layouts(monkeypatch):

@@ -1,6 +1,6 @@
 # Reference fits from nlme for the covariance catalogue (ARMA(1,1), continuous-time and spatial
-# correlation, with and without a random intercept), and from lme4 for an ordered factor
-# (polynomial contrasts, R's default).
+# correlation, with and without a random intercept), from lme4 for an ordered factor
+# (polynomial contrasts, R's default), and from glmmTMB for the heterogeneous Toeplitz.
 #
 # Run from the repository root (after `python tests/reference/catalogue/make_data.py`):
 #
@@ -147,9 +147,23 @@ for (reml in c(TRUE, FALSE)) {
   )
 }
 
+# heterogeneous Toeplitz (SAS TOEPH) from glmmTMB: its toep() on the visit indicators with the
+# residual variance switched off (dispformula = ~ 0 fixes it at a tiny value), REML and ML
+suppressPackageStartupMessages(library(glmmTMB))
+d <- read_ds("arma"); d <- d[order(d$subject, d$time), ]
+for (reml in c(TRUE, FALSE)) {
+  fit <- glmmTMB(y ~ time * arm + x + toep(visit + 0 | subject), d, dispformula = ~ 0, REML = reml)
+  vc <- VarCorr(fit)$cond$subject
+  cases[[paste0("toeph_glmmTMB_", if (reml) "reml" else "ml")]] <- list(
+    dataset = "arma.csv", jaxlmm_formula = "y ~ time * arm + x + toeph(visit | subject)", reml = reml,
+    r_call = paste(deparse(fit$call), collapse = " "),
+    deviance_reported = -2 * as.numeric(logLik(fit)), fixef = named(fixef(fit)$cond),
+    sd = as.numeric(attr(vc, "stddev")), lag_corr = as.numeric(attr(vc, "correlation")[1, -1]), n_obs = nrow(d))
+}
+
 out <- list(
   `_versions` = list(R = R.version.string, nlme = as.character(packageVersion("nlme")),
-                     lme4 = as.character(packageVersion("lme4")),
+                     lme4 = as.character(packageVersion("lme4")), glmmTMB = as.character(packageVersion("glmmTMB")),
                      generated = as.character(Sys.Date())),
   cases = cases
 )
