@@ -11,6 +11,9 @@ Workloads (issue 3):
   AR(1)      : 200 subjects x 6 visits, B = 1000; peer: nlme::gls corAR1 refit loop.
   RI + slope : (time | subject), 200 x 6, B = 1000; peer: lme4::refit loop (what bootMer does).
   scaling    : fev UN bootstrap for B = 100, 1,000, 10,000, 100,000: fits/s and peak memory.
+  catalogue  : TOEP, TOEPH, ANTE(1), ADH, ARMA(1,1), SP(EXP), UN by arm, AR(1) + varIdent(sex) and a
+               structured random-effect term beside UN on one 200 x 6 dataset, B = 1000 (issue 13:
+               each within 2x of UN's time); peers: nlme::gls refit loops where gls fits the model.
 
 Our time is the median of 5 calls after compilation (a first call with the same shapes); compile time is
 reported apart.  The R loop refits a subset of the same simulated responses (--r-reps).
@@ -71,7 +74,45 @@ def slope_workload():
     return ("RI + slope", df, "y ~ time + arm + x + (time | subject)", "simulated 200 x 6")
 
 
+#: the covariance catalogue (issue 13) on one 200 x 6 dataset: each structure's bootstrap beside UN's
+CATALOGUE = {
+    "UN": "un(visit | subject)", "TOEP": "toep(visit | subject)", "TOEPH": "toeph(visit | subject)",
+    "ANTE(1)": "ad(visit | subject)", "ADH": "adh(visit | subject)", "ARMA(1,1)": "arma11(visit | subject)",
+    "SP(EXP)": "sp_exp(time | subject)", "UN by arm": "un(visit | arm / subject)",
+    "AR1 + varIdent(sex)": "ar1(visit | subject) + var_ident(sex)",
+    "re_csh(0 + period | subject)": "re_csh(0 + grp | subject)",
+}
+
+
+def catalogue_workloads():
+    df = lmm.simulate_longitudinal(200, 6, seed=4, cov="ar1", rho=0.6, missing="monotone", missing_rate=0.3)
+    df["grp"] = np.where(df["time"] < 3, "early", "late")  # two within-subject periods for re_csh
+    return [(f"cat {k}", df, f"y ~ time * arm + x + {t}", "simulated 200 x 6") for k, t in CATALOGUE.items()]
+
+
+_GLS_CAT = """
+library(nlme)
+df$visit <- factor(df$visit); df$subject <- factor(df$subject); df$arm <- factor(df$arm); df$sex <- factor(df$sex)
+df$vi <- as.integer(df$visit)
+"""
+
 R_CODE = {
+    "cat UN": _GLS_CAT + """
+fitone <- function(d) gls(y ~ time * arm + x, data = d, method = "REML", na.action = na.omit,
+  correlation = corSymm(form = ~ vi | subject), weights = varIdent(form = ~ 1 | visit))
+""",
+    "cat ARMA(1,1)": _GLS_CAT + """
+fitone <- function(d) gls(y ~ time * arm + x, data = d, method = "REML", na.action = na.omit,
+  correlation = corARMA(form = ~ vi | subject, p = 1, q = 1))
+""",
+    "cat SP(EXP)": _GLS_CAT + """
+fitone <- function(d) gls(y ~ time * arm + x, data = d, method = "REML", na.action = na.omit,
+  correlation = corExp(form = ~ time | subject))
+""",
+    "cat AR1 + varIdent(sex)": _GLS_CAT + """
+fitone <- function(d) gls(y ~ time * arm + x, data = d, method = "REML", na.action = na.omit,
+  correlation = corAR1(form = ~ vi | subject), weights = varIdent(form = ~ 1 | sex))
+""",
     "fev UN": """
 library(nlme)
 df$AVISIT <- factor(df$AVISIT); df$USUBJID <- factor(df$USUBJID)
@@ -151,6 +192,8 @@ def main():
     ap.add_argument("--no-r", action="store_true")
     ap.add_argument("--r-reps", type=int, default=30)
     ap.add_argument("-B", type=int, default=1000)
+    ap.add_argument("--no-catalogue", action="store_true", help="skip the covariance-catalogue workloads")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the fev UN scaling rows")
     args = ap.parse_args()
 
     dev = jax.devices()[0]
@@ -159,11 +202,13 @@ def main():
           f"jax {jax.__version__}, python {platform.python_version()}")
     B = 200 if args.quick else args.B
     rows = []
-    for name, df, formula, src in (fev_workload(), ar1_workload(), slope_workload()):
+    workloads = [fev_workload(), ar1_workload(), slope_workload()] + ([] if args.no_catalogue else
+                                                                      catalogue_workloads())
+    for name, df, formula, src in workloads:
         res, boot, secs, compile_s = bench(name, df, formula, B, repeats=1 if args.quick else 5)
         ours = B / secs
         peer, note = (None, "skipped")
-        if not args.no_r:
+        if not args.no_r and name in R_CODE:
             Y = res.simulate(n=args.r_reps, seed=1).to_numpy().T.copy()
             peer, note = r_loop(name, df, Y, res.info.formula.response, args.r_reps)
         rows.append({
@@ -177,7 +222,18 @@ def main():
               flush=True)
     print()
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    cat = [r for r in rows if r["workload"].startswith("cat ")]
+    if cat:  # issue 13 target: each structure's batch within 2x of UN's time on the same data
+        un = next(r["ours fits/s"] for r in cat if r["workload"].startswith("cat UN ("))
+        slow = [f"{r['workload']}: {un / r['ours fits/s']:.2f}x UN's time" for r in cat
+                if r["ours fits/s"] < un / 2]
+        print(f"\ncatalogue target (each within 2x of UN's batch time): {'met' if not slow else 'missed'}")
+        for m in slow:
+            print("  - " + m)
 
+    if args.no_scaling:
+        print(json.dumps({"workloads": rows}, default=float))
+        return
     print("\n# scaling: fev UN parametric bootstrap")
     name, df, formula, _ = fev_workload()
     sizes = [100, 1000, 10000] + ([] if args.quick else [100000])
