@@ -165,9 +165,8 @@ class Kronecker(Structure):
         return jnp.concatenate([sd, c, sd2[1:], c2])
 
     def _split_natural(self, v):
-        A, V = self.A, self.V
-        sd, c = v[:A], v[A : self.n_u]
-        return sd, c, v[self.n_u :]
+        A = self.A
+        return v[:A], v[A : self.n_u], v[self.n_u :]
 
     def from_natural(self, v):
         v = np.asarray(v, dtype=float)

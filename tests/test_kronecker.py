@@ -5,7 +5,6 @@ against that likelihood maximised by scipy, the structure against the table chec
 special cases (UN@UN nests UN@AR(1) and UN@CS; a diagonal U with equal SDs is the visit
 structure alone)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
 import jaxlmm as lmm
+from helpers import assert_gradient
 from jaxlmm.errors import DataError, FormulaError
 from jaxlmm.fitting import make_payload
 from jaxlmm.kronecker import Kronecker
@@ -159,10 +159,7 @@ def test_structure_table_checks(second, A, V):
     S = R + 0.1 * np.eye(A * V)
     assert np.all(np.isfinite(st.start(S)))
     f = lambda t: jnp.sum(jnp.sin(st.matrix(t)))
-    g = np.asarray(jax.grad(f)(jnp.asarray(th)))
-    e = 1e-6
-    fd = [(f(jnp.asarray(th + e * u)) - f(jnp.asarray(th - e * u))) / (2 * e) for u in np.eye(len(th))]
-    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+    assert_gradient(f, th)
 
 
 def test_errors():
