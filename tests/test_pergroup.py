@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import minimize
-from scipy.stats import multivariate_normal
 
 import jaxlmm as lmm
-from helpers import assert_gradient
+from helpers import assert_gradient, dense_deviance
 from jaxlmm.covariance import STRUCTURES, make_structure
 from jaxlmm.errors import DataError, FormulaError
 from jaxlmm.fitting import make_payload
@@ -74,13 +73,7 @@ def _dense(d, params, reml):
         sex = d["sex"].iloc[rows[0]]
         R = _ar1(*sig[sex], 10)
         V[np.ix_(rows, rows)] = R[np.ix_(t[rows], t[rows])] + sd0 ** 2
-    Wi = np.linalg.inv(V)
-    A = X.T @ Wi @ X
-    beta = np.linalg.solve(A, X.T @ Wi @ y)
-    dev = -2 * multivariate_normal(mean=X @ beta, cov=V).logpdf(y)
-    if reml:
-        dev += np.linalg.slogdet(A)[1] - X.shape[1] * np.log(2 * np.pi)
-    return dev
+    return dense_deviance(X, y, V, reml)
 
 
 @pytest.mark.parametrize("reml", [True, False], ids=["reml", "ml"])
