@@ -348,7 +348,7 @@ def fit_batch_padded(
     path = "general"
     if isinstance(model.payload[1], FlatData):
         path = "flat"
-    elif shared_mask is not None and spec.plan is None and base.D is None:
+    elif shared_mask is not None and spec.plan is None:
         pdes, layout, K = pattern_design(base, shared_mask)
         if K <= max(info.S // 2, 8):
             path = "patterns"

@@ -110,8 +110,6 @@ class FitRecord:
 def make_payload(arrays: ModelData, spec):
     """(layout name, payload) for the likelihood of ``arrays`` (see the module docstring)."""
     m = np.asarray(arrays.m)
-    if arrays.D is not None:  # a covariance per subject (spatial coordinates): no shared patterns
-        return "subjects", arrays.to_jax()
     if spec.plan is not None:
         if not spec.level1 and spec.T == 1 and spec.resid.name == "id":
             return "flat", flat_payload(arrays, spec)

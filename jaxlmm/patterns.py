@@ -1,7 +1,8 @@
 """Per-pattern sufficient statistics of the level-1 likelihood.
 
-Subjects with the same visit pattern (mask row) and the same random-effects rows ``Z_i`` share
-``V*_i``, so the likelihood depends on the data only through per-pattern sums
+Subjects with the same visit pattern (mask row), the same random-effects rows ``Z_i`` and the
+same per-pair residual data (a residual group, variance-function features; ``ModelData.D``)
+share ``V*_i``, so the likelihood depends on the data only through per-pattern sums
 
     XX_k[t,u] = sum_{i in k} x_it x_iu',  Xy_k[t,u] = sum_{i in k} x_it y_iu  (stored [p, K, T, T]),
     yy_k[t,u] = sum_{i in k} y_it y_iu,   n_k = #subjects in k.
@@ -53,6 +54,7 @@ class PatternDesign(NamedTuple):
     XX: jax.Array  # [K, T, T, p, p], or [K, T, T, c, c] on the column supports
     Xs: jax.Array | None  # [S_used, T, p or c] masked X of the subjects with data, sorted by pattern
     E: jax.Array | None = None  # [T, c, p] one-hot map of the column supports (None: all columns)
+    D: jax.Array | None = None  # [K, T, T(, c)] per-pattern residual data (ModelData.D; None without)
 
 
 class PatternResponse(NamedTuple):
@@ -79,12 +81,20 @@ class PatternLayout:
 
 
 def pattern_design(data, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, int]:
-    """Group subjects by (mask row, masked Z rows): the pattern design, its layout and K (host side)."""
+    """Group subjects by (mask row, masked Z rows, masked per-pair residual data ``D``): the
+    pattern design, its layout and K (host side)."""
     X = np.asarray(data.X) * m[..., None]
     Z = np.asarray(data.Z) * m[..., None]
     S, T, p = X.shape
     has = np.nonzero(m.sum(axis=1) > 0)[0]
-    key = np.ascontiguousarray(np.concatenate([m, Z.reshape(S, -1)], axis=1)[has])
+    parts = [m, Z.reshape(S, -1)]
+    Dm = None
+    if data.D is not None:  # e.g. group keys or variance-function features of the observed pairs
+        D = np.asarray(data.D)
+        mm = m[:, :, None] * m[:, None, :]
+        Dm = D * (mm if D.ndim == 3 else mm[..., None])
+        parts.append(Dm.reshape(S, -1))
+    key = np.ascontiguousarray(np.concatenate(parts, axis=1)[has])
     # unique rows through a byte view (much faster than np.unique(axis=0))
     _, first, inv = np.unique(key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel(),
                               return_index=True, return_inverse=True)
@@ -99,9 +109,13 @@ def pattern_design(data, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, i
     mK = np.zeros((K_pad, T))
     mK[:K] = uniq[:, :T]
     ZK = np.zeros((K_pad, T, Z.shape[2]))
-    ZK[:K] = uniq[:, T:].reshape(K, T, Z.shape[2])
+    ZK[:K] = uniq[:, T : T + T * Z.shape[2]].reshape(K, T, Z.shape[2])
     n = np.zeros(K_pad)
     n[:K] = counts
+    DK = None
+    if Dm is not None:
+        DK = np.zeros((K_pad,) + Dm.shape[1:])
+        DK[:K] = uniq[:, T + T * Z.shape[2]:].reshape((K,) + Dm.shape[1:])
     Xs = X[order]
     Xs, E = _supports(Xs)
     c = Xs.shape[2]
@@ -110,7 +124,7 @@ def pattern_design(data, m: np.ndarray) -> tuple[PatternDesign, PatternLayout, i
         Xk = Xs[a:b].reshape(b - a, T * c)
         XX[k] = (Xk.T @ Xk).reshape(T, c, T, c).transpose(0, 2, 1, 3)
     layout = PatternLayout(order=tuple(int(i) for i in order), bounds=bounds, K_pad=K_pad)
-    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs, E=E), layout, K
+    return PatternDesign(m=mK, Z=ZK, n=n, XX=XX, Xs=Xs, E=E, D=DK), layout, K
 
 
 def _supports(Xs: np.ndarray):
@@ -194,10 +208,10 @@ def _pattern_weights(theta, pd_: PatternDesign, spec, unroll: bool = False):
 
     ``unroll=True`` writes the T x T factorisations out in plain arithmetic (faster for big
     vmapped batches of value-and-gradient evaluations; slower to compile under a Hessian)."""
-    closed = spec.level1_inverse(theta, pd_.m)  # no random effects: AR(1), CS, ... in closed form
+    closed = None if pd_.D is not None else spec.level1_inverse(theta, pd_.m)  # AR(1), CS, ... in closed form
     if closed is not None:
         return closed
-    V = marginal_cov(theta, pd_.m, pd_.Z, spec)
+    V = marginal_cov(theta, pd_.m, pd_.Z, spec, pd_.D)
     mm = pd_.m[:, :, None] * pd_.m[:, None, :]
     W, logdet = _inverse_logdet(V, unroll)
     return W * mm, logdet

@@ -178,3 +178,19 @@ def test_errors_name_the_term():
         res.predict(nd, interval="prediction")
     with pytest.raises(DataError, match="group of"):
         res.predict(nd.drop(columns="arm"), interval="prediction")
+
+
+@pytest.mark.parametrize("term", ["un(visit | arm / subject)", "ar1(visit | subject) + var_ident(sex)",
+                                  "(1 | subject) + ar1(visit | arm / subject) + var_ident(sex)"])
+def test_patterns_payload_equals_subjects(term):
+    """Subjects sharing a visit pattern and their residual data (group, variance-function level)
+    share one covariance: the per-pattern payload gives the per-subject likelihood."""
+    d = _data(seed=6, S=80)
+    m = lmm.Model(f"y ~ arm * visit + {term}", d)
+    layout, payload = make_payload(m.arrays, m.spec)
+    assert layout == "patterns"
+    th = jnp.asarray(np.random.default_rng(1).normal(scale=0.3, size=m.spec.n_theta))
+    for reml in (True, False):
+        a = float(lmm.deviance(th, payload, m.spec, reml))
+        b = float(lmm.deviance(th, m.arrays.to_jax(), m.spec, reml))
+        assert a == pytest.approx(b, rel=1e-11)
