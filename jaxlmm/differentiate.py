@@ -175,8 +175,9 @@ def _start(data: ModelData, spec: ModelSpec):
 
     def host(y, m, X, Z, *rest):
         idx = data.idx._replace(lev=np.asarray(rest[1])) if has2 else None
+        # the start values use y, m, X and the random-effect rows only (not ModelData.D, which may be traced)
         d = ModelData(np.asarray(y), np.asarray(m), np.asarray(X), np.asarray(Z),
-                      np.asarray(rest[0]) if has2 else None, idx, None if data.D is None else np.asarray(data.D))
+                      np.asarray(rest[0]) if has2 else None, idx, None)
         return np.asarray(start_values(d, spec), dtype=np.dtype(data.y.dtype))
 
     out = jax.ShapeDtypeStruct((spec.n_theta,), data.y.dtype)

@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -148,3 +149,25 @@ def test_errors_name_the_term():
         res.predict(df.head(2).assign(sex="X"), interval="prediction")
     with pytest.raises(lmm.LMMError, match="residual_covariance_of"):
         res.residual_covariance
+
+
+@pytest.mark.parametrize("term", ["ar1(visit | arm / subject)", "var_power(dose) + ar1(visit | subject)"])
+def test_implicit_derivatives(term):
+    """lmm.solve on a per-group or variance-function model: the deviance of the fit and
+    d beta / d y against central differences of re-solves."""
+    d = pd.read_csv(DATA).dropna(subset=["y"]).reset_index(drop=True)
+    d = d[d.subject.isin(d.subject.unique()[:40])]
+    model = lmm.Model(f"y ~ arm + visit + {term}", d)
+    data, spec = model.arrays, model.spec
+    sol = lmm.solve(data, spec)
+    assert float(sol.deviance) == pytest.approx(model.fit().deviance, rel=1e-9)
+    beta1 = lambda y: lmm.solve(data._replace(y=y), spec).beta[1]  # noqa: E731
+    g = np.asarray(jax.grad(beta1)(jnp.asarray(data.y)))
+    y0 = np.asarray(data.y)
+    for s, t in np.argwhere(np.asarray(data.m) > 0)[[3, 50]]:
+        e = 1e-5
+        up, dn = y0.copy(), y0.copy()
+        up[s, t] += e
+        dn[s, t] -= e
+        fd = (float(beta1(jnp.asarray(up))) - float(beta1(jnp.asarray(dn)))) / (2 * e)
+        assert g[s, t] == pytest.approx(fd, rel=1e-5, abs=1e-9)
