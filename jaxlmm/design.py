@@ -746,7 +746,8 @@ def build_design(formula: str | ParsedFormula, data: pd.DataFrame, *, require_re
     if gcode is not None:
         resid = PerGroup(resid, pf.cov.group, tuple(glevels))
     if variance:
-        _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit)
+        _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit,
+                                     len(kron_levels[1]) if kron else None)
         F = np.zeros((S_pad, T, F_rows.shape[1]))
         F[s_code, t_code] = F_rows
         own = D is not None
@@ -926,9 +927,20 @@ def variance_features(variance, frame: pd.DataFrame):
     return np.column_stack(cols), tuple(labels)
 
 
-def _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit):
-    """A variance function of the visit alone is not identifiable with a variance per visit."""
-    if structure not in _HETERO:
+def _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit, n_visits=None):
+    """A variance function that is a function of what the structure already gives a variance of
+    (the visit for ``un``, ``csh``, ...; the response type for the Kronecker structures, and the
+    visit too for ``un_un``) is not identifiable."""
+    terms = ", ".join(v.text for v, _ in variance)
+    F = pd.DataFrame(F_rows)
+    if structure in KRONECKER:
+        if (F.groupby(t_code // n_visits).nunique().to_numpy() <= 1).all():  # positions a V + t
+            raise FormulaError(
+                f"The variance functions ({terms}) are constant within each response type of {pf.cov.text}, whose "
+                "unstructured U already has a variance per type: they are not identifiable. Drop them.")
+        if structure != "un_un":
+            return
+    elif structure not in _HETERO:
         return
     for v, _ in variance:
         if v.column == visit:
@@ -936,12 +948,10 @@ def _check_variance_identifiable(variance, F_rows, t_code, structure, pf, visit)
                 f"The variance function {v.text} together with {pf.cov.text} is not identifiable: the structure already "
                 f"has a variance per visit of {visit!r}. Drop the variance function or use a structure with one "
                 "variance (cs, ar1, toep, ad, ...).")
-    per_visit = pd.DataFrame(F_rows).groupby(t_code).nunique().to_numpy()
-    if (per_visit <= 1).all():
+    if (F.groupby(t_code).nunique().to_numpy() <= 1).all():
         raise FormulaError(
-            f"The variance functions ({', '.join(v.text for v, _ in variance)}) are constant within each visit, so "
-            f"with {pf.cov.text} (a variance per visit) they are not identifiable. Drop them or use a structure with "
-            "one variance.")
+            f"The variance functions ({terms}) are constant within each visit, so with {pf.cov.text} (a variance "
+            "per visit) they are not identifiable. Drop them or use a structure with one variance.")
 
 
 def _subject_groups(df, cov, s_code, S, subj_levels):

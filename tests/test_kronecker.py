@@ -162,3 +162,18 @@ def test_errors():
         lmm.fit(F.format("un_ar1"), d[d.type == "fev"].assign(y2=1).drop(columns="y2"))
     with pytest.raises(FormulaError, match="type, visit"):
         lmm.fit("y ~ visit + un_ar1(visit | subject)", d)
+
+
+def test_with_groups_and_variance_functions():
+    """un_ar1 per group equals separate fits with the mean crossed with the group; a variance
+    function of the response type is refused (U has a variance per type); one of a subject-level
+    factor is not."""
+    d = _data(seed=5, S=80)
+    both = lmm.fit("y ~ arm * type * visit + un_ar1(type, visit | arm / subject)", d)
+    dev = sum(lmm.fit("y ~ type * visit + un_ar1(type, visit | subject)", d[d.arm == a]).deviance for a in ("A", "B"))
+    assert both.deviance == pytest.approx(dev, rel=1e-8)
+    with pytest.raises(FormulaError, match="response type"):
+        lmm.fit(F.format("un_ar1") + " + var_ident(type)", d)
+    d["site"] = np.where(d["subject"].str[-1].astype(int) % 3 == 0, "s1", "s2")
+    res = lmm.fit(F.format("un_cs") + " + var_ident(site)", d)
+    assert res.converged and "varIdent[site=s2]" in res.theta.index
